@@ -1,26 +1,33 @@
-# Two entry points: `make demo` and `make test`. Each creates .venv on first use.
+# Two entry points: `make demo` and `make test`. Each creates its virtualenv on first use.
+#   .venv       framethink and its dependencies (what users run)
+#   .venv-test  the same plus the test tools and the official processors' torchvision (reference only)
 PY ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SITE = $(shell $(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: demo test install clean
+.PHONY: demo test clean
 
-$(STAMP): pyproject.toml constraints.txt
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, from the CPU build, then everything else under the same constraint.
-	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]" "torchvision==0.28.0"
-	touch $(STAMP)
+.venv/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	# torch from the CPU build first; the constraint keeps every later install from pulling a CUDA build.
+	.venv/bin/pip install -q -c constraints.txt torch
+	.venv/bin/pip install -q -c constraints.txt -e .
+	touch $@
 
-install: $(STAMP)
+.venv-test/.installed: pyproject.toml constraints.txt tests/support/torchvision_cpu_shim.py
+	$(PY) -m venv .venv-test
+	.venv-test/bin/pip install -q --upgrade pip
+	.venv-test/bin/pip install -q -c constraints.txt torch
+	.venv-test/bin/pip install -q -c constraints.txt -e ".[test]" "torchvision==0.28.0"
+	cp tests/support/torchvision_cpu_shim.py $(call SITE,.venv-test)/
+	echo "import torchvision_cpu_shim" > $(call SITE,.venv-test)/torchvision_cpu_shim.pth
+	touch $@
 
-demo: $(STAMP)
-	$(BIN)/framethink demo --out runs/demo
+demo: .venv/.installed
+	.venv/bin/framethink demo --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+test: .venv-test/.installed
+	.venv-test/bin/python -m pytest tests
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf .venv .venv-test runs

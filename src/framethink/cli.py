@@ -35,6 +35,36 @@ def _model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_run(args: argparse.Namespace) -> int:
+    from framethink.config import EvalConfig, load_config
+    from framethink.eval.benchmarks import load_benchmarks
+    from framethink.eval.report import render_markdown
+    from framethink.eval.runner import RunSettings, eval_decoding, evaluate, template_for
+    from framethink.models import load_adapter
+
+    benchmarks = load_benchmarks(args.bench.split(","), args.data_root)  # data faults surface before the model loads
+    recipe = load_config(args.recipe).eval if args.recipe else EvalConfig()
+    decoding = eval_decoding(recipe, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    adapter = load_adapter(args.model, num_frames=args.frames, max_pixels=args.max_pixels)
+    settings = RunSettings(model=str(args.model.resolve()), frames=args.frames, max_pixels=args.max_pixels,
+                           mode=args.mode, template=template_for(args.mode, adapter), frame_order=args.frame_order,
+                           decoding=decoding, seed=args.seed)
+    report = evaluate(adapter, benchmarks, args.out, settings, batch_size=args.batch_size or recipe.batch_size,
+                      limit=args.limit, compare=args.compare, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(render_markdown(report))
+    return 0
+
+
+def _eval_score(args: argparse.Namespace) -> int:
+    from framethink.eval.report import build_report, find_predictions, render_markdown, write_report
+
+    report = build_report(find_predictions(args.predictions), compare=args.compare)
+    if args.out is not None:
+        write_report(report, args.out)
+    print(render_markdown(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framethink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_model_tiny)
+
+    evaluation = commands.add_parser("eval", help="benchmark evaluation").add_subparsers(dest="eval_command", required=True)
+    run = evaluation.add_parser("run", help="evaluate a model on benchmarks (resumable); writes OUT/<frame order>/ and OUT/report.*")
+    run.add_argument("--model", type=Path, required=True, help="model checkpoint folder")
+    run.add_argument("--bench", required=True,
+                     help="comma-separated: mvbench, videomme, mlvu, mmvu, vsibench, tempcompass, videommmu, or record file paths")
+    run.add_argument("--data-root", type=Path, default=None,
+                     help="folder holding <bench>/ (released layout) or eval_<bench>.json (Video-R1-eval)")
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
+    run.add_argument("--max-pixels", type=int, default=None, help="max pixels per frame (default: the model's)")
+    run.add_argument("--mode", choices=["reason", "option"], default="reason",
+                     help="reason: the model's reasoning template; option: answer with the letter directly")
+    run.add_argument("--frame-order", choices=["ordered", "shuffled", "reversed"], default="ordered")
+    run.add_argument("--limit", type=int, default=None, help="evaluate only the first K items of each benchmark")
+    run.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default: the recipe's, 8)")
+    run.add_argument("--recipe", type=Path, default=None, help="recipe whose eval section gives the decoding")
+    run.add_argument("--temperature", type=float, default=None, help="overrides the recipe (default 0.1; 0 is greedy)")
+    run.add_argument("--top-p", type=float, default=None, help="overrides the recipe (default 0.001)")
+    run.add_argument("--max-new-tokens", type=int, default=None, help="overrides the recipe (default 1024)")
+    run.add_argument("--seed", type=int, default=0, help="frame-shuffle seed")
+    run.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
+    run.set_defaults(func=_eval_run)
+    score = evaluation.add_parser("score", help="re-score predictions offline and print the report")
+    score.add_argument("predictions", type=Path, help="a predictions.jsonl, or an `eval run` output folder")
+    score.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
+    score.add_argument("--out", type=Path, default=None, help="also write report.json and report.md here")
+    score.set_defaults(func=_eval_score)
     return parser
 
 

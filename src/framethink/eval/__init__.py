@@ -1,0 +1,1 @@
+"""Evaluation (SPEC 7): benchmark loaders, deterministic scoring, resumable runs, reports."""

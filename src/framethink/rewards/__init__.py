@@ -1,0 +1,44 @@
+"""Rule-based rewards (SPEC 4): answer accuracy by problem type, format, length shaping, registry."""
+from framethink.rewards.accuracy import (
+    CORRECT_THRESHOLD,
+    accuracy_reward,
+    answer_accuracy,
+    extract_answer,
+    normalize_option,
+    parse_number,
+)
+from framethink.rewards.format import (
+    think_length,
+    tinyllava_format,
+    tinyllava_length_reward,
+    tinyllava_total,
+    video_r1_format,
+)
+from framethink.rewards.registry import (
+    REWARDS,
+    CompletionGroup,
+    RewardFn,
+    RewardOutput,
+    get_reward,
+    video_r1_length_bonus,
+)
+
+__all__ = [
+    "CORRECT_THRESHOLD",
+    "REWARDS",
+    "CompletionGroup",
+    "RewardFn",
+    "RewardOutput",
+    "accuracy_reward",
+    "answer_accuracy",
+    "extract_answer",
+    "get_reward",
+    "normalize_option",
+    "parse_number",
+    "think_length",
+    "tinyllava_format",
+    "tinyllava_length_reward",
+    "tinyllava_total",
+    "video_r1_format",
+    "video_r1_length_bonus",
+]

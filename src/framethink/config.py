@@ -1,0 +1,258 @@
+"""Recipes: typed configs loaded from YAML, with `key=value` overrides.
+
+A recipe is data. Every key is a dataclass field below; an unknown key, a wrong type or a bad value
+raises `ConfigError` naming the key before any model is loaded. The resolved config of every run is
+saved next to its outputs (`config.yaml`), and loading that file alone reproduces the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from framethink.errors import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    freeze_vision: bool = True  # the vision tower (SPEC 6: frozen in TinyLLaVA; ZeRO-3-trained in Video-R1)
+    freeze_connector: bool = False  # Qwen-VL merger / TinyLLaVA resampler
+    freeze_lm: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    train_file: str = ""
+    root: str | None = None
+    template: str = "video-r1"
+    system: str | None = None
+    frame_rule: str = "qwen"  # qwen | uniform (SPEC 2.1)
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 16
+    num_frames: int = 16
+    video_max_pixels: int | None = 128 * 28 * 28
+    video_min_pixels: int | None = None
+    image_max_pixels: int | None = 256 * 28 * 28
+    image_min_pixels: int | None = 4 * 28 * 28
+    frame_cache_size: int = 256  # decoded clips kept in memory across epochs
+    shuffle: bool = True
+
+
+@dataclass
+class RewardSpec:
+    name: str = "accuracy"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = "tgrpo"  # grpo | tgrpo (SPEC 5)
+    num_generations: int = 8
+    num_shuffled: int = 4  # G~ = G/2 shuffled-frame completions per video prompt (T-GRPO)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 768
+    beta: float = 0.04  # k3 KL weight; 0 loads no reference model
+    epsilon: float = 0.2
+    num_iterations: int = 1  # inner updates per generation batch
+    normalization: str = "sequence"  # sequence (GRPO) | constant (Dr. GRPO) | token
+    scale_by_std: bool = True  # False: Dr. GRPO
+    advantage_eps: float = 1e-4
+    advantage_noise: float = 0.0  # TinyLLaVA: 0.02
+    temporal_alpha: float = 0.3
+    temporal_mu: float = 0.8
+    temporal_strict: bool = False  # paper's '>' instead of the code's '>='
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("accuracy"), RewardSpec("format")])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    grad_clip: float = 5.0
+    prompts_per_step: int = 4  # per process
+    grad_accum: int = 1
+
+
+@dataclass
+class SFTConfig:
+    train_file: str = ""  # CoT records (Video-R1-COT) or LLaVA conversations
+    mask_answer: bool = False  # keep the answer tokens out of the loss (cold start that leaves the choice to RL)
+    epochs: int = 1
+
+
+@dataclass
+class EvalConfig:
+    test_file: str = ""
+    temperature: float = 0.1
+    top_p: float = 0.001
+    max_new_tokens: int = 1024
+    batch_size: int = 8
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/train"
+    max_steps: int = 100
+    save_every: int = 50
+    log_every: int = 1
+    sample_every: int = 10
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, building nested dataclasses; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not of type {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid keys in {prefix or 'the top level'}: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested mapping in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Load a recipe YAML, apply overrides, validate every key and value."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path}: the top level must be a mapping")
+    for override in overrides:
+        apply_override(data, override)
+    config = from_dict(TrainConfig, data)
+    validate(config)
+    return config
+
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.frame_rule": ("qwen", "uniform"),
+    "rl.algorithm": ("grpo", "tgrpo"),
+    "rl.normalization": ("sequence", "constant", "token"),
+    "optim.schedule": ("cosine", "constant"),
+}
+
+
+def validate(config: TrainConfig) -> None:
+    """Value checks that types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    rl = config.rl
+    if rl.num_generations < 2:
+        raise ConfigError("rl.num_generations: a group needs at least 2 completions")
+    if rl.algorithm == "tgrpo" and rl.num_shuffled < 1:
+        raise ConfigError("rl.num_shuffled: T-GRPO needs at least 1 shuffled completion")
+    if rl.beta < 0:
+        raise ConfigError("rl.beta: must be >= 0")
+    from framethink.rewards import get_reward
+
+    for spec in rl.rewards:
+        get_reward(spec.name)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,254 @@
+"""Frame decoding with PyAV and the visual-input rules of SPEC 2.1 (frame sampling) and 2.2 (smart resize).
+
+Nothing here substitutes anything for a bad file: every failure raises `VideoDecodeError(path, reason)`.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+from PIL import Image
+
+from framethink.errors import ConfigError, VideoDecodeError
+
+FRAME_FACTOR = 2  # Qwen-VL frame counts are even: temporal_patch_size is 2
+MAX_RATIO = 200  # Qwen-VL refuses images more elongated than this
+SAMPLING_RULES = ("qwen", "uniform")
+
+
+@dataclass
+class SampledFrames:
+    """Frames taken from one video (or one image).
+
+    `fps` is the real sampling rate, T / frames-in-range * video fps (qwen-vl-utils' `sample_fps`); Qwen2.5-VL's
+    temporal M-RoPE needs it (SPEC 2.1). An image has fps 0.0: it has no time axis.
+    `timestamps` are source frame index / video fps, in seconds from the start of the video.
+    `indices` may repeat (uniform rule on a clip shorter than the requested frame count).
+    """
+
+    frames: np.ndarray  # [T, H, W, 3] uint8 RGB
+    fps: float
+    timestamps: np.ndarray  # [T] float64 seconds
+    indices: np.ndarray  # [T] int64 source frame indices
+
+
+def smart_nframes(
+    total_frames: int, video_fps: float, *, fps: float = 2.0, min_frames: int = 4, max_frames: int = 16
+) -> int:
+    """Number of frames the Qwen-VL rule samples from `total_frames` frames at `video_fps` (SPEC 2.1).
+
+    As qwen-vl-utils' `smart_nframes`: duration * fps, clamped to [ceil_even(min_frames), floor_even(max_frames)]
+    and to `total_frames`, then floored to an even count.
+    """
+    if fps <= 0 or max_frames < FRAME_FACTOR:
+        raise ConfigError(
+            f"qwen sampling needs fps > 0 and max_frames >= {FRAME_FACTOR}; got fps={fps}, max_frames={max_frames}"
+        )
+    if total_frames < FRAME_FACTOR:
+        raise ValueError(f"the qwen rule needs at least {FRAME_FACTOR} frames, got {total_frames}")
+    lower = math.ceil(min_frames / FRAME_FACTOR) * FRAME_FACTOR
+    upper = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+    nframes = min(max(total_frames / video_fps * fps, lower), upper, total_frames)
+    return math.floor(nframes / FRAME_FACTOR) * FRAME_FACTOR
+
+
+def sample_frames(
+    path: str | Path,
+    *,
+    rule: str = "qwen",
+    fps: float = 2.0,
+    min_frames: int = 4,
+    max_frames: int = 16,
+    num_frames: int = 16,
+    start: float | None = None,
+    end: float | None = None,
+) -> SampledFrames:
+    """Decode the frames a model sees from one video (SPEC 2.1).
+
+    rule "qwen" (Video-R1): `smart_nframes` frames at `fps`, bounded by min/max_frames, at
+    round(linspace(first, last, n)). rule "uniform" (TinyLLaVA-Video): exactly `num_frames` frames at
+    linspace(first, last, num_frames) truncated to integers, as the reference's `np.linspace(..., dtype=int)`.
+    `start`/`end` (seconds, MVBench bounds) restrict sampling to frames ceil(start*fps) .. floor(end*fps), as
+    qwen-vl-utils' `calculate_video_frame_range`; an end past the clip is cut at the last frame, as both
+    qwen-vl-utils and MVBench do; a start outside the clip or an end not after the start raise.
+    Bounded sampling seeks to the start and locates frames by timestamp; otherwise frames are counted in order.
+    """
+    if rule not in SAMPLING_RULES:
+        raise ConfigError(f"unknown frame sampling rule {rule!r}; expected one of {SAMPLING_RULES}")
+    if rule == "uniform" and num_frames < 1:
+        raise ConfigError(f"uniform sampling needs num_frames >= 1, got {num_frames}")
+    path = Path(path)
+    total, video_fps = _probe(path)
+    first, last = _frame_range(path, total, video_fps, start, end)
+    count = last - first + 1
+    if rule == "qwen":
+        if count < FRAME_FACTOR:
+            raise VideoDecodeError(path, f"{count} frame in range; the qwen rule needs at least {FRAME_FACTOR}")
+        nframes = smart_nframes(count, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
+        indices = np.round(np.linspace(first, last, nframes)).astype(np.int64)
+    else:
+        indices = np.linspace(first, last, num_frames, dtype=np.int64)
+    frames = _decode(path, indices, video_fps, total, seek=first > 0)
+    return SampledFrames(
+        frames=frames,
+        fps=len(indices) / count * video_fps,
+        timestamps=indices / video_fps,
+        indices=indices,
+    )
+
+
+def load_image(path: str | Path) -> SampledFrames:
+    """Decode one image as a single frame (SPEC 2.1), fps 0.0, timestamp 0, index 0.
+
+    RGBA is composited on white, other modes converted to RGB, as qwen-vl-utils' `to_rgb`.
+    """
+    path = Path(path)
+    _require_file(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now so that a truncated file fails here
+            if image.mode == "RGBA":
+                rgb = Image.new("RGB", image.size, (255, 255, 255))
+                rgb.paste(image, mask=image.split()[3])
+            else:
+                rgb = image.convert("RGB")
+    except OSError as err:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+        raise VideoDecodeError(path, f"cannot decode image: {err}") from err
+    frames = np.asarray(rgb, dtype=np.uint8)[None]  # [1, H, W, 3]
+    return SampledFrames(frames=frames, fps=0.0, timestamps=np.zeros(1), indices=np.zeros(1, dtype=np.int64))
+
+
+def verify_media(path: str | Path, kind: str) -> None:
+    """Check that a record's media can be used: an image decodes; a video has a frame rate, a frame count and
+    a decodable first frame. Raises VideoDecodeError naming the path and the fault."""
+    if kind == "image":
+        load_image(path)
+        return
+    if kind != "video":
+        raise ValueError(f"media kind must be 'image' or 'video', got {kind!r}")
+    path = Path(path)
+    _probe(path)
+    with _decode_errors(path), av.open(str(path)) as container:
+        if next(container.decode(container.streams.video[0]), None) is None:
+            raise VideoDecodeError(path, "no frame could be decoded")
+
+
+def smart_resize(
+    height: int, width: int, *, factor: int = 28, min_pixels: int = 4 * 28 * 28, max_pixels: int = 16384 * 28 * 28
+) -> tuple[int, int]:
+    """Qwen2-VL's smart resize (SPEC 2.2), as transformers' `image_processing_qwen2_vl.smart_resize`:
+    H and W become multiples of `factor` near the original aspect ratio with H*W in [min_pixels, max_pixels].
+    """
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_RATIO:
+        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {ratio}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def permute_frames(frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """T-GRPO's shuffled clip (SPEC 5): frames in a seeded random order, and that order.
+
+    For T > 1 the order is never the identity, so the shuffled group really lacks the temporal order.
+    """
+    num = frames.shape[0]
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num)  # [T]
+    while num > 1 and np.array_equal(perm, np.arange(num)):
+        perm = rng.permutation(num)
+    return frames[perm], perm
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(path, "file not found")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+
+
+@contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except av.FFmpegError as err:
+        raise VideoDecodeError(path, f"cannot decode video: {err}") from err
+
+
+def _probe(path: Path) -> tuple[int, float]:
+    """Total frame count and average frame rate of the first video stream."""
+    _require_file(path)
+    with _decode_errors(path), av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise VideoDecodeError(path, "the video stream has no frame rate")
+        # Matroska/WebM headers carry no frame count (stream.frames == 0): count packets, which needs no decoding.
+        total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    if total == 0:
+        raise VideoDecodeError(path, "the video stream has no frames")
+    return total, float(rate)
+
+
+def _frame_range(
+    path: Path, total: int, video_fps: float, start: float | None, end: float | None
+) -> tuple[int, int]:
+    """First and last source frame inside the [start, end] bounds, in seconds."""
+    duration = total / video_fps
+    if start is not None and not 0.0 <= start < duration:
+        raise VideoDecodeError(path, f"start bound {start}s lies outside the clip (0 to {duration:.3f}s)")
+    if end is not None and end <= (start or 0.0):
+        raise VideoDecodeError(path, f"end bound {end}s is not after the start bound {start or 0.0}s")
+    first = math.ceil(start * video_fps) if start is not None else 0
+    last = min(math.floor(end * video_fps), total - 1) if end is not None else total - 1
+    if first > last:
+        raise VideoDecodeError(path, f"no frame lies between {start}s and {end}s")
+    return first, last
+
+
+def _decode(path: Path, indices: np.ndarray, video_fps: float, total: int, *, seek: bool) -> np.ndarray:
+    """One pass over the stream that converts to RGB only the frames at `indices`. -> [T, H, W, 3] uint8"""
+    wanted = set(indices.tolist())
+    first, last = min(wanted), max(wanted)
+    kept: dict[int, np.ndarray] = {}
+    with _decode_errors(path), av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        origin = stream.start_time or 0
+        index: int | None = 0
+        if seek:
+            container.seek(origin + int(first / video_fps / stream.time_base), stream=stream)
+            index = None  # known from the first decoded frame's timestamp
+        for frame in container.decode(stream):
+            if index is None:
+                if frame.pts is None:
+                    raise VideoDecodeError(path, "frames carry no timestamps, so a start bound cannot be sought")
+                index = round(float((frame.pts - origin) * stream.time_base) * video_fps)
+                if index > first:
+                    raise VideoDecodeError(path, f"seeking to frame {first} landed on frame {index}")
+            if index in wanted:
+                kept[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+            index += 1
+    missing = sorted(wanted - kept.keys())
+    if missing:
+        raise VideoDecodeError(
+            path, f"frame {missing[0]} of {total} could not be decoded (the stream ends early: truncated or corrupt)"
+        )
+    return np.stack([kept[i] for i in indices.tolist()])

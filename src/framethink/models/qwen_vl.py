@@ -1,0 +1,294 @@
+"""Policy adapter for Qwen2-VL and Qwen2.5-VL.
+
+Three things the reference trainers get wrong are done here, once, for every caller:
+- the vision encoder runs once per prompt and its features serve all rows (completions) of that prompt;
+- every forward gets 3-D M-RoPE positions computed from the grids, the fps-derived `second_per_grid_ts`
+  and `mm_token_type_ids` extended with zeros over the completion (transformers v5 silently falls back to
+  1-D positions without them, ENVIRONMENT.md);
+- generation is one batched, KV-cached loop for all prompts, with the vision special tokens suppressed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from framethink.data.cache import LRUCache
+from framethink.data.prompts import build_messages
+from framethink.data.records import Record
+from framethink.data.video import SampledFrames, load_image, permute_frames, sample_frames
+from framethink.errors import ConfigError
+from framethink.models.adapter import FRAME_ORDERS, Decoding, EncodedPrompt
+from framethink.models.loader import load_qwen_vl
+from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
+from framethink.models.sampling import Completions, sample_completions
+
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """How clips are sampled (SPEC 2.1): the Qwen-VL fps rule or exactly `num_frames` uniform frames."""
+
+    rule: str = "qwen"
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 16
+    num_frames: int = 16
+
+
+@dataclass
+class PackedRows:
+    """Prompt rows (left-padded) followed by completion rows (right-padded), ready for the LM."""
+
+    inputs_embeds: torch.Tensor  # [N, L, D]
+    attention_mask: torch.Tensor  # [N, L]
+    position_ids: torch.Tensor  # [3, N, L] M-RoPE (time, height, width)
+    prompt_length: int  # Lp: columns before the first completion token
+
+
+class QwenVLAdapter:
+    """Qwen2-VL / Qwen2.5-VL behind the `PolicyAdapter` interface."""
+
+    default_template = "video-r1-eval"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        processor: QwenVisionProcessor,
+        *,
+        frames: FrameRule = FrameRule(),
+        system: str | None = None,
+        frame_cache_size: int = 256,
+        name: str = "",
+    ) -> None:
+        self.model, self.tokenizer, self.processor = model, tokenizer, processor
+        self.frames, self.system, self.name = frames, system, name
+        self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None})
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i is not None]
+        self.vision_encoder_calls = 0  # counted for the benchmarks
+
+    # ------------------------------------------------------------------ parameters
+    def parameter_groups(self, model: PreTrainedModel | None = None) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters by part: the vision tower, the connector (patch merger) and the language model."""
+        model = model or self.model
+        visual = model.model.visual
+        merger = [p for p in visual.merger.parameters()]
+        merger_ids = {id(p) for p in merger}
+        vision = [p for p in visual.parameters() if id(p) not in merger_ids]
+        vision_ids = {id(p) for p in visual.parameters()}
+        lm = [p for p in model.parameters() if id(p) not in vision_ids]
+        return {"vision": vision, "connector": merger, "lm": lm}
+
+    # ------------------------------------------------------------------ encoding
+    def _frames(self, record: Record) -> SampledFrames:
+        path = record.media[0]
+        rule = self.frames
+        key = (str(path), rule, record.start, record.end)
+        return self._frame_cache.get_or_compute(
+            key,
+            lambda: sample_frames(
+                path, rule=rule.rule, fps=rule.fps, min_frames=rule.min_frames, max_frames=rule.max_frames,
+                num_frames=rule.num_frames, start=record.start, end=record.end,
+            ),
+        )
+
+    def encode(self, record: Record, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
+        """Decode the record's media (frames reordered as asked) and build the prompt's model inputs."""
+        if frame_order not in FRAME_ORDERS:
+            raise ConfigError(f"frame order {frame_order!r} is not one of {', '.join(FRAME_ORDERS)}")
+        messages = build_messages(record, template, system=self.system)
+        images, videos, meta = [], [], {}
+        if record.media_kind == "video":
+            sampled = self._frames(record)
+            frames = sampled.frames
+            if frame_order == "shuffled":
+                frames, perm = permute_frames(frames, seed)
+                meta["permutation"] = perm.tolist()
+            elif frame_order == "reversed":
+                frames = frames[::-1].copy()
+            videos.append((frames, sampled.fps))
+            meta["num_frames"], meta["fps"] = len(frames), sampled.fps
+        elif record.media_kind == "image":
+            images.append(load_image(record.media[0]).frames[0])
+        inputs = build_qwen_inputs(self.tokenizer, self.processor, messages, images=images, videos=videos)
+        return EncodedPrompt(record=record, inputs=inputs, frame_order=frame_order, meta=meta)
+
+    # ------------------------------------------------------------------ forward
+    def _vision_features(self, model: PreTrainedModel, prompts: list[EncodedPrompt], kind: str) -> list[torch.Tensor]:
+        """Merged visual tokens per prompt ([n_tokens, D] each, empty for prompts without `kind`),
+        from ONE vision-encoder call over all prompts of the batch."""
+        pixels_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        having = [i for i, p in enumerate(prompts) if pixels_key in p.inputs]
+        features: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        if not having:
+            return features
+        visual = model.model.visual
+        pixels = torch.cat([prompts[i].inputs[pixels_key] for i in having]).to(visual.device, visual.dtype)  # [P, C*Tp*P*P]
+        grids = torch.cat([prompts[i].inputs[grid_key] for i in having]).to(visual.device)  # [n, 3]
+        self.vision_encoder_calls += 1
+        out = visual(pixels, grid_thw=grids)
+        merged = out.pooler_output if hasattr(out, "pooler_output") else out  # [n_tokens_total, D]
+        sizes = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
+        for i, chunk in zip(having, torch.split(merged, sizes)):
+            features[i] = chunk
+        return features
+
+    def pack(
+        self,
+        model: PreTrainedModel,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        completion_ids: torch.Tensor | None = None,
+    ) -> PackedRows:
+        """Embed rows `[left-pad, prompt(row_prompt[i]), completion_ids[i]]` with vision features scattered in.
+
+        Vision features are computed once per prompt and shared by all its rows.
+        """
+        device = model.device
+        n = len(row_prompt)
+        t = 0 if completion_ids is None else completion_ids.shape[1]
+        lp = max(prompts[i].inputs["input_ids"].shape[1] for i in set(row_prompt))
+        input_ids = torch.full((n, lp + t), self.pad_id, dtype=torch.long)  # [N, L]
+        attention = torch.zeros((n, lp + t), dtype=torch.long)
+        types = torch.zeros((n, lp + t), dtype=torch.long)  # completion tokens are text (0)
+        for row, i in enumerate(row_prompt):
+            ids = prompts[i].inputs["input_ids"][0]
+            input_ids[row, lp - len(ids):lp] = ids
+            attention[row, lp - len(ids):lp] = 1
+            types[row, lp - len(ids):lp] = prompts[i].inputs["mm_token_type_ids"][0]
+        if completion_ids is not None:
+            input_ids[:, lp:] = completion_ids
+            attention[:, lp:] = 1
+        input_ids, attention, types = input_ids.to(device), attention.to(device), types.to(device)
+
+        embeds = model.get_input_embeddings()(input_ids)  # [N, L, D]
+        grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
+        seconds: list[torch.Tensor] = []
+        for kind, type_id in (("image", 1), ("video", 2)):
+            features = self._vision_features(model, prompts, kind)
+            rows = [features[i] for i in row_prompt if features[i].numel()]
+            if not rows:
+                continue
+            grid_key = "image_grid_thw" if kind == "image" else "video_grid_thw"
+            grids[kind] = [prompts[i].inputs[grid_key] for i in row_prompt if features[i].numel()]
+            if kind == "video" and self.processor.absolute_time:
+                seconds = [prompts[i].inputs["second_per_grid_ts"] for i in row_prompt if features[i].numel()]
+            mask = (types == type_id).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, torch.cat(rows).to(embeds.dtype))
+
+        rope_kwargs = {}
+        if grids["image"]:
+            rope_kwargs["image_grid_thw"] = torch.cat(grids["image"]).to(device)
+        if grids["video"]:
+            rope_kwargs["video_grid_thw"] = torch.cat(grids["video"]).to(device)
+        if seconds:
+            rope_kwargs["second_per_grid_ts"] = torch.cat(seconds).to(device)
+        if rope_kwargs:
+            positions, _ = model.model.get_rope_index(
+                input_ids, mm_token_type_ids=types, attention_mask=attention, **rope_kwargs
+            )  # [3, N, L]
+        else:  # text only: plain 1-D positions on all three axes
+            positions = (attention.cumsum(-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
+        return PackedRows(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, prompt_length=lp)
+
+    def completion_logprobs(
+        self,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        completion_ids: torch.Tensor,
+        *,
+        model: PreTrainedModel | None = None,
+    ) -> torch.Tensor:
+        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy)."""
+        model = model or self.model
+        packed = self.pack(model, prompts, row_prompt, completion_ids.to(model.device))
+        t = completion_ids.shape[1]
+        logits = model(
+            inputs_embeds=packed.inputs_embeds,
+            attention_mask=packed.attention_mask,
+            position_ids=packed.position_ids,
+            logits_to_keep=t + 1,
+            use_cache=False,
+        ).logits[:, :-1].float()  # [N, T, V]: position j predicts completion token j
+        return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        decoding: Decoding,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Completions:
+        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one batch."""
+        model = self.model
+        packed = self.pack(model, prompts, row_prompt)
+        cache = DynamicCache()
+        attention = packed.attention_mask
+        position = packed.position_ids.amax(-1, keepdim=True)  # [3, N, 1] last prompt position
+
+        def step(tokens: torch.Tensor | None) -> torch.Tensor:
+            nonlocal attention, position
+            if tokens is None:
+                out = model(
+                    inputs_embeds=packed.inputs_embeds, attention_mask=attention, position_ids=packed.position_ids,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                )
+            else:
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+                position = position + 1
+                out = model(
+                    input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention, position_ids=position,
+                    past_key_values=cache, use_cache=True,
+                )
+            return out.logits[:, -1]
+
+        return sample_completions(
+            step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
+            suppress_ids=self.suppress_ids, generator=generator,
+        )
+
+    def decode(self, completions: Completions) -> list[str]:
+        """Completion texts, cut at EOS, special tokens dropped."""
+        texts = []
+        for tokens, mask in zip(completions.tokens, completions.mask):
+            kept = [tok for tok, keep in zip(tokens.tolist(), mask.tolist()) if keep and tok not in self.eos_ids]
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return texts
+
+    def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
+        """One completion per prompt from one batched call (the evaluation path)."""
+        return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
+
+    def tokenize_target(self, text: str) -> torch.Tensor:
+        """Token ids [T] of an assistant target followed by the end-of-turn token (SFT)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids + [self.end_of_turn_id])
+
+
+def load_qwen_vl_adapter(
+    path: str | Path,
+    *,
+    frames: FrameRule = FrameRule(),
+    vision_overrides: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    system: str | None = None,
+    frame_cache_size: int = 256,
+) -> QwenVLAdapter:
+    model, tokenizer, processor = load_qwen_vl(path, dtype=dtype, device=device, vision_overrides=vision_overrides)
+    return QwenVLAdapter(
+        model, tokenizer, processor, frames=frames, system=system, frame_cache_size=frame_cache_size,
+        name=Path(path).name,
+    )
+
+

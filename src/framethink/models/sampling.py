@@ -1,0 +1,74 @@
+"""One batched sampling loop over a KV-cached model, shared by every adapter.
+
+The adapter supplies `step`: called once with `None` it runs the prefill and returns the logits at the
+last prompt position; then it is called with each new token column. The loop only samples: it applies
+temperature / top-p, suppresses the vision special tokens (a completion holding one breaks every later
+forward, ENVIRONMENT.md), and masks every row up to and including its EOS.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from framethink.models.adapter import Decoding
+
+
+@dataclass
+class Completions:
+    tokens: torch.Tensor  # [N, T] completion ids; pad_id after EOS
+    mask: torch.Tensor  # [N, T] 1.0 up to and including EOS, 0.0 after
+
+    @property
+    def lengths(self) -> torch.Tensor:  # [N]
+        return self.mask.sum(-1).long()
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches `top_p` (always at least one)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V]
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+    sorted_logits = sorted_logits.masked_fill(mass_before > top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+@torch.no_grad()
+def sample_completions(
+    step: Callable[[torch.Tensor | None], torch.Tensor],
+    num_rows: int,
+    decoding: Decoding,
+    *,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    suppress_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> Completions:
+    """Sample up to `decoding.max_new_tokens` tokens for `num_rows` rows in lock step."""
+    eos = torch.tensor(list(eos_ids))
+    suppress = torch.tensor(list(suppress_ids), dtype=torch.long)
+    finished = torch.zeros(num_rows, dtype=torch.bool)
+    tokens, masks = [], []
+    logits = step(None)  # [N, V]
+    greedy = not decoding.do_sample or decoding.temperature <= 0
+    for _ in range(decoding.max_new_tokens):
+        logits = logits.float()
+        if suppress.numel():
+            logits[:, suppress] = float("-inf")
+        if greedy:
+            next_tokens = logits.argmax(-1)  # [N]
+        else:
+            probs = filter_top_p(logits / decoding.temperature, decoding.top_p).softmax(-1)
+            next_tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+        next_tokens = next_tokens.cpu()
+        masks.append((~finished).float())
+        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
+        tokens.append(next_tokens)
+        finished |= torch.isin(next_tokens, eos)
+        if bool(finished.all()):
+            break
+        logits = step(next_tokens)
+    return Completions(tokens=torch.stack(tokens, 1), mask=torch.stack(masks, 1))

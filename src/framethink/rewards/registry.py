@@ -1,0 +1,118 @@
+"""Group-level reward functions and the registry a recipe names them from (SPEC 4.3, 4.4).
+
+A reward function takes one prompt's group of completions and keyword parameters from the recipe,
+and returns the value it contributes to each completion plus named components for logging. The
+trainer sums the `rewards` of the functions a recipe lists; the `accuracy` component is what the
+T-GRPO bonus (SPEC 5) reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from framethink.errors import ConfigError
+from framethink.rewards.accuracy import CORRECT_THRESHOLD, accuracy_reward
+from framethink.rewards.format import (
+    tinyllava_format,
+    tinyllava_length_reward,
+    tinyllava_total,
+    video_r1_format,
+)
+
+
+@dataclass(frozen=True)
+class CompletionGroup:
+    """One prompt's G completions with what the rewards need to score them."""
+
+    completions: list[str]
+    num_tokens: list[int]  # completion lengths in tokens
+    answer: str  # gold answer (already extracted)
+    problem_type: str
+    options: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.completions) != len(self.num_tokens):
+            raise ValueError(
+                f"CompletionGroup: {len(self.completions)} completions but {len(self.num_tokens)} num_tokens"
+            )
+
+
+@dataclass
+class RewardOutput:
+    """What one reward function gives one group."""
+
+    rewards: list[float]  # the value this function contributes, one per completion
+    components: dict[str, list[float]]  # per-component values for logging
+
+
+RewardFn = Callable[..., RewardOutput]
+
+
+def _accuracies(group: CompletionGroup) -> list[float]:
+    return [accuracy_reward(c, group.answer, group.problem_type) for c in group.completions]
+
+
+def accuracy(group: CompletionGroup) -> RewardOutput:
+    """Accuracy reward of each completion by the group's problem type (SPEC 4.1)."""
+    acc = _accuracies(group)
+    return RewardOutput(rewards=acc, components={"accuracy": acc})
+
+
+def video_r1_format_reward(group: CompletionGroup) -> RewardOutput:
+    """Video-R1 format reward, 1 or 0 (SPEC 4.2)."""
+    fmt = [video_r1_format(c) for c in group.completions]
+    return RewardOutput(rewards=fmt, components={"format": fmt})
+
+
+def video_r1_length_bonus(accuracies: list[float], num_tokens: list[int], *, omega: float = 0.2,
+                          l_min: int = 320, l_max: int = 512, require_two_correct: bool = True) -> list[float]:
+    """omega for each correct response (accuracy > 0.1) whose token length is in [l_min, l_max] (SPEC 4.3).
+
+    omega is 0.2 in the reference code (0.1 in the paper). With `require_two_correct` (the code's
+    behaviour) nothing is awarded unless at least two responses of the group are correct.
+    """
+    if l_min > l_max:
+        raise ConfigError(f"length_bonus needs l_min <= l_max, got [{l_min}, {l_max}]")
+    correct = [a > CORRECT_THRESHOLD for a in accuracies]
+    if require_two_correct and sum(correct) < 2:
+        return [0.0] * len(accuracies)
+    return [omega if ok and l_min <= n <= l_max else 0.0 for ok, n in zip(correct, num_tokens)]
+
+
+def length_bonus(group: CompletionGroup, *, omega: float = 0.2, l_min: int = 320, l_max: int = 512,
+                 require_two_correct: bool = True) -> RewardOutput:
+    """Video-R1 length bonus of each completion of the group (SPEC 4.3)."""
+    bonus = video_r1_length_bonus(_accuracies(group), group.num_tokens, omega=omega, l_min=l_min,
+                                  l_max=l_max, require_two_correct=require_two_correct)
+    return RewardOutput(rewards=bonus, components={"length_bonus": bonus})
+
+
+def tinyllava(group: CompletionGroup, *, variant: str = "code", ml: int = 1200, r0: float = 0.5,
+              r1: float = 0.5, r2: float = 1.0) -> RewardOutput:
+    """The whole TinyLLaVA-Video-R1 reward: accuracy, format-with-length and the total rule (SPEC 4.4).
+
+    Components: `accuracy` (raw, in [0, 1]), `format` (FR = r0 + LR, or 0 if the format is broken),
+    `length` (LR where the format holds, else 0).
+    """
+    acc = _accuracies(group)
+    ok = [tinyllava_format(c) > 0 for c in group.completions]
+    length = [tinyllava_length_reward(c, ml=ml, r1=r1) if f else 0.0 for c, f in zip(group.completions, ok)]
+    fmt = [r0 + lr if f else 0.0 for lr, f in zip(length, ok)]
+    total = [tinyllava_total(a > CORRECT_THRESHOLD, fr, r0=r0, r1=r1, r2=r2, variant=variant)
+             for a, fr in zip(acc, fmt)]
+    return RewardOutput(rewards=total, components={"accuracy": acc, "format": fmt, "length": length})
+
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy,
+    "format": video_r1_format_reward,
+    "length_bonus": length_bonus,
+    "tinyllava": tinyllava,
+}
+
+
+def get_reward(name: str) -> RewardFn:
+    """The registered group reward function called `name` (SPEC 4)."""
+    if name not in REWARDS:
+        raise ConfigError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+    return REWARDS[name]
