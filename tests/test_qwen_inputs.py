@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures_models import offline_tokenizer, tiny_qwen2_vl_dir, tiny_qwen25_vl, tiny_qwen25_vl_dir  # noqa: F401
 from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -121,7 +120,11 @@ CASES = {
     "image": ([{"type": "image"}, QUESTION], [_frames(1, 50, 70)[0]], []),
     "video": ([{"type": "video"}, QUESTION], [], [(_frames(5, 50, 70), 2.5)]),
     "text": ([QUESTION], [], []),
-    "image+video": ([{"type": "video"}, {"type": "image"}, QUESTION], [_frames(1, 60, 40)[0]], [(_frames(4, 56, 56), 1.0)]),
+    "image+video": (
+        [{"type": "video"}, {"type": "image"}, QUESTION],
+        [_frames(1, 60, 40)[0]],
+        [(_frames(4, 56, 56), 1.0)],
+    ),
 }
 
 

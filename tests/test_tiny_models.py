@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fixtures_models import SMALL_SIZES, offline_tokenizer, tiny_qwen2_vl_dir  # noqa: F401
+from fixtures_models import SMALL_SIZES
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 

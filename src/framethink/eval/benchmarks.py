@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,11 @@ import pyarrow.parquet as pq
 
 from framethink.data.records import Record, load_records
 from framethink.errors import ConfigError, DataError
+from framethink.eval.scoring import DURATIONS
 from framethink.rewards import normalize_option, parse_number
 
 LETTERS = string.ascii_uppercase
-_OPTION_LINE_RE = re.compile(r"([A-Z])\.\s")  # "A. text" at the start of a line
+_OPTION_LINE_RE = re.compile(r"[A-Z]\.\s")  # "A. text" at the start of a line
 
 
 @dataclass
@@ -43,75 +44,80 @@ class Benchmark:
 # Helpers: every fault names the file, the record and the field.
 
 
-def _expect_file(path: Path, what: str) -> Path:
+def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise DataError(path, "-", "<file>", f"not found: expected {what} here")
-    return path
-
-
-def _read_json(path: Path, what: str) -> Any:
-    _expect_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(path, str(err.lineno), "<json>", f"not valid JSON: {err.msg} (column {err.colno})") from None
 
 
-def _read_parquet(folder: Path, what: str) -> tuple[Path, list[dict]]:
-    """Rows of the `test-*.parquet` shards in `folder` (the Hugging Face dataset layout)."""
-    shards = sorted(folder.glob("test-*.parquet"))
-    if not shards:
-        raise DataError(folder / "test-*.parquet", "-", "<file>", f"not found: expected {what} here")
-    return shards[0], [row for shard in shards for row in pq.read_table(shard).to_pylist()]
-
-
-def _get(obj: Any, key: str, types: type | tuple[type, ...], file: Path, where: str) -> Any:
-    if not isinstance(obj, dict):
-        raise DataError(file, where, "<record>", f"expected an object, got {type(obj).__name__}")
-    value = obj.get(key)
-    if value is None or isinstance(value, bool) or not isinstance(value, types):
-        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        got = "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
-        raise DataError(file, where, key, f"expected {names}, got {got}")
-    return value
-
-
-def _list(data: Any, file: Path, what: str) -> list:
+def _json_list(path: Path, what: str) -> list:
+    data = _read_json(path, what)
     if not isinstance(data, list):
-        raise DataError(file, "-", "<json>", f"expected a list of {what}, got {type(data).__name__}")
+        raise DataError(path, "-", "<json>", f"expected a list of questions, got {type(data).__name__}")
     return data
 
 
-def _video(path: Path, file: Path, where: str, field: str) -> Path:
-    if not path.exists():
-        raise DataError(file, where, field, f"video not found: expected it at {path}")
-    return path
+def _parquet_rows(folder: Path, what: str) -> Iterator[tuple[Path, int, dict]]:
+    """(file, row index, row) over the `test-*.parquet` shards in `folder` (the Hugging Face layout)."""
+    shards = sorted(folder.glob("test-*.parquet"))
+    if not shards:
+        raise DataError(folder / "test-*.parquet", "-", "<file>", f"not found: expected {what} here")
+    for shard in shards:
+        for index, row in enumerate(pq.read_table(shard).to_pylist()):
+            yield shard, index, row
 
 
-def _lettered(texts: list[str]) -> list[str]:
+def _lettered(texts: list) -> list[str]:
     return [f"{LETTERS[i]}. {text}" for i, text in enumerate(texts)]
 
 
-def _letter_of(candidates: list, answer: Any, file: Path, where: str) -> str:
-    """MVBench and MLVU give the answer as the candidate's text: its letter."""
-    texts = [str(c) for c in candidates]
-    if str(answer) not in texts:
-        raise DataError(file, where, "answer", f"{answer!r} is not one of the candidates {texts}")
-    return LETTERS[texts.index(str(answer))]
+class _Item:
+    """One annotation record: typed field access and record building, each fault a DataError naming it."""
 
+    def __init__(self, obj: Any, file: Path, where: str) -> None:
+        self.obj, self.file, self.where = obj, file, where
+        if not isinstance(obj, dict):
+            raise self.error("<record>", f"expected an object, got {type(obj).__name__}")
 
-def _check_letter(answer: str, options: list[str], file: Path, where: str, field: str) -> str:
-    letter = normalize_option(answer)
-    if not letter or letter not in LETTERS[: len(options)]:
-        raise DataError(file, where, field, f"{answer!r} is not the letter of one of the {len(options)} options")
-    return letter
+    def error(self, field: str, reason: str) -> DataError:
+        return DataError(self.file, self.where, field, reason)
 
+    def get(self, key: str, types: type | tuple[type, ...] = str) -> Any:
+        value = self.obj.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            got = "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+            raise self.error(key, f"expected {names}, got {got}")
+        return value
 
-def _mc(rid: str, question: str, options: list[str], answer: str, task: str, video: Path, origin: str,
-        extra: dict, **bounds: float | None) -> Record:
-    return Record(id=rid, question=question, options=options, problem_type="multiple choice", answer=answer,
-                  solution=f"<answer>{answer}</answer>", media_kind="video", media=[video], source=task,
-                  origin=origin, extra=extra, **bounds)
+    def video(self, path: Path, field: str) -> Path:
+        if not path.exists():
+            raise self.error(field, f"video not found: expected it at {path}")
+        return path
+
+    def candidate_letter(self, candidates: list) -> str:
+        """MVBench and MLVU give the answer as the candidate's text: its letter."""
+        texts, answer = [str(c) for c in candidates], str(self.obj.get("answer"))
+        if answer not in texts:
+            raise self.error("answer", f"{answer!r} is not one of the candidates {texts}")
+        return LETTERS[texts.index(answer)]
+
+    def letter(self, field: str, options: list[str]) -> str:
+        """The gold letter in `field` ("B" or "B. text"), which must name one of the options."""
+        answer = self.get(field)
+        letter = normalize_option(answer)
+        if not letter or letter not in LETTERS[: len(options)]:
+            raise self.error(field, f"{answer!r} is not the letter of one of the {len(options)} options")
+        return letter
+
+    def record(self, rid: str, question: str, options: list[str], answer: str, task: str, video: Path,
+               extra: dict, problem_type: str = "multiple choice", **bounds: float) -> Record:
+        return Record(id=rid, question=question, options=options, problem_type=problem_type, answer=answer,
+                      solution=f"<answer>{answer}</answer>", media_kind="video", media=[video], source=task,
+                      origin=f"{self.file}:{self.where}", extra=extra, **bounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,21 +161,17 @@ def load_mvbench(root: Path) -> list[Record]:
     records = []
     for task, (folder, bounded) in MVBENCH_TASKS.items():
         file = root / "json" / f"{task}.json"
-        items = _list(_read_json(file, f"the MVBench task file of {task!r} (layout: json/<task>.json, video/<folder>/...)"),
-                      file, "questions")
-        for index, item in enumerate(items):
-            where = f"[{index}]"
-            candidates = _get(item, "candidates", list, file, where)
-            bounds = {}
-            if bounded:
-                bounds = {k: float(_get(item, k, (int, float), file, where)) for k in ("start", "end")}
+        questions = _json_list(file, f"the MVBench task file of {task!r} (layout: json/<task>.json, video/<folder>/...)")
+        for index, obj in enumerate(questions):
+            item = _Item(obj, file, f"[{index}]")
+            candidates = item.get("candidates", list)
+            bounds = {k: float(item.get(k, (int, float))) for k in ("start", "end")} if bounded else {}
             extra = {"question_type": task}
             if task in MVBENCH_FRAME_FOLDER_FPS:
                 extra["fps"] = MVBENCH_FRAME_FOLDER_FPS[task]
-            video = _video(root / "video" / folder / _get(item, "video", str, file, where), file, where, "video")
-            records.append(_mc(f"{task}/{index}", _get(item, "question", str, file, where), _lettered(candidates),
-                               _letter_of(candidates, item.get("answer"), file, where), task, video,
-                               f"{file}:{where}", extra, **bounds))
+            records.append(item.record(f"{task}/{index}", item.get("question"), _lettered(candidates),
+                                       item.candidate_letter(candidates), task,
+                                       item.video(root / "video" / folder / item.get("video"), "video"), extra, **bounds))
     return records
 
 
@@ -180,24 +182,22 @@ def load_videomme(root: Path) -> list[Record]:
     (short | medium | long), domain, sub_category, task_type, question, options ["A. ...", ...],
     answer (a letter); videos at `root/data/<videoID>.mp4` (or .MP4 / .mkv). Task = task_type.
     """
-    file, rows = _read_parquet(root / "videomme", "the Video-MME parquet (layout: videomme/test-*.parquet, data/<videoID>.mp4)")
     records = []
-    for index, row in enumerate(rows):
-        where = f"row {index}"
-        duration = _get(row, "duration", str, file, where)
-        if duration not in ("short", "medium", "long"):
-            raise DataError(file, where, "duration", f"expected short, medium or long, got {duration!r}")
-        options = _get(row, "options", list, file, where)
-        video_id = _get(row, "videoID", str, file, where)
-        candidates = [root / "data" / f"{video_id}{ext}" for ext in (".mp4", ".MP4", ".mkv")]
+    what = "the Video-MME parquet (layout: videomme/test-*.parquet, data/<videoID>.mp4)"
+    for file, index, row in _parquet_rows(root / "videomme", what):
+        item = _Item(row, file, f"row {index}")
+        duration = item.get("duration")
+        if duration not in DURATIONS:
+            raise item.error("duration", f"expected short, medium or long, got {duration!r}")
+        candidates = [root / "data" / f"{item.get('videoID')}{ext}" for ext in (".mp4", ".MP4", ".mkv")]
         video = next((p for p in candidates if p.exists()), None)
         if video is None:
-            raise DataError(file, where, "videoID", f"video not found: expected it at {candidates[0]} (or .MP4 / .mkv)")
-        extra = {"question_type": row.get("task_type"), "duration": duration,
+            raise item.error("videoID", f"video not found: expected it at {candidates[0]} (or .MP4 / .mkv)")
+        options = item.get("options", list)
+        extra = {"question_type": item.get("task_type"), "duration": duration,
                  "domain": row.get("domain"), "sub_category": row.get("sub_category")}
-        records.append(_mc(str(_get(row, "question_id", str, file, where)), _get(row, "question", str, file, where),
-                           options, _check_letter(_get(row, "answer", str, file, where), options, file, where, "answer"),
-                           _get(row, "task_type", str, file, where), video, f"{file}:{where}", extra))
+        records.append(item.record(item.get("question_id"), item.get("question"), options,
+                                   item.letter("answer", options), item.get("task_type"), video, extra))
     return records
 
 
@@ -216,15 +216,15 @@ def load_mlvu(root: Path) -> list[Record]:
     for number, task in enumerate(MLVU_TASKS, 1):
         stem = f"{number}_{task}"
         file = root / "json" / f"{stem}.json"
-        items = _list(_read_json(file, f"the MLVU dev task file of {task!r} (layout: json/<n>_<task>.json, video/<n>_<task>/...)"),
-                      file, "questions")
-        for index, item in enumerate(items):
-            where = f"[{index}]"
-            candidates = _get(item, "candidates", list, file, where)
-            video = _video(root / "video" / stem / _get(item, "video", str, file, where), file, where, "video")
-            records.append(_mc(f"{task}/{index}", _get(item, "question", str, file, where), _lettered(candidates),
-                               _letter_of(candidates, item.get("answer"), file, where), task, video,
-                               f"{file}:{where}", {"question_type": item.get("question_type", task)}))
+        what = f"the MLVU dev task file of {task!r} (layout: json/<n>_<task>.json, video/<n>_<task>/...)"
+        questions = _json_list(file, what)
+        for index, obj in enumerate(questions):
+            item = _Item(obj, file, f"[{index}]")
+            candidates = item.get("candidates", list)
+            records.append(item.record(f"{task}/{index}", item.get("question"), _lettered(candidates),
+                                       item.candidate_letter(candidates), task,
+                                       item.video(root / "video" / stem / item.get("video"), "video"),
+                                       {"question_type": obj.get("question_type", task)}))
     return records
 
 
@@ -238,21 +238,17 @@ def load_mmvu(root: Path) -> list[Record]:
     choices are dropped. Task = subject.
     """
     file = root / "validation.json"
-    items = _list(_read_json(file, "the MMVU validation file (layout: validation.json, videos/<Subject>/<n>.mp4)"),
-                  file, "questions")
     records = []
-    for index, item in enumerate(items):
-        where = f"[{index}]"
-        if _get(item, "question_type", str, file, where) != "multiple-choice":
+    questions = _json_list(file, "the MMVU validation file (layout: validation.json, videos/<Subject>/<n>.mp4)")
+    for index, obj in enumerate(questions):
+        item = _Item(obj, file, f"[{index}]")
+        if item.get("question_type") != "multiple-choice":
             continue
-        choices = _get(item, "choices", dict, file, where)
-        options = [f"{k}. {v}" for k, v in sorted(choices.items()) if str(v).strip()]
-        url = _get(item, "video", str, file, where)
-        video = _video(root / url.split("resolve/main/", 1)[-1], file, where, "video")
-        subject = _get(_get(item, "metadata", dict, file, where), "subject", str, file, where)
-        records.append(_mc(str(_get(item, "id", str, file, where)), _get(item, "question", str, file, where),
-                           options, _check_letter(_get(item, "answer", str, file, where), options, file, where, "answer"),
-                           subject, video, f"{file}:{where}", {"question_type": "multiple-choice"}))
+        options = [f"{k}. {v}" for k, v in sorted(item.get("choices", dict).items()) if str(v).strip()]
+        video = item.video(root / item.get("video").split("resolve/main/", 1)[-1], "video")
+        subject = _Item(item.get("metadata", dict), file, f"[{index}].metadata").get("subject")
+        records.append(item.record(item.get("id"), item.get("question"), options, item.letter("answer", options),
+                                   subject, video, {"question_type": "multiple-choice"}))
     return records
 
 
@@ -270,44 +266,38 @@ def load_vsibench(root: Path) -> list[Record]:
     Numeric tasks are "regression" records scored by MRA. The three relative-direction levels are one
     task, `object_rel_direction`, with the level in `extra["subtask"]`.
     """
-    file, rows = _read_parquet(root, "the VSI-Bench parquet (layout: test-*.parquet, <dataset>/<scene_name>.mp4)")
     records = []
-    for index, row in enumerate(rows):
-        where = f"row {index}"
-        qtype = _get(row, "question_type", str, file, where)
-        video = _video(root / _get(row, "dataset", str, file, where) / f"{_get(row, 'scene_name', str, file, where)}.mp4",
-                       file, where, "scene_name")
-        gold = _get(row, "ground_truth", str, file, where)
-        rid, question, origin = str(_get(row, "id", (int, str), file, where)), _get(row, "question", str, file, where), f"{file}:{where}"
+    what = "the VSI-Bench parquet (layout: test-*.parquet, <dataset>/<scene_name>.mp4)"
+    for file, index, row in _parquet_rows(root, what):
+        item = _Item(row, file, f"row {index}")
+        qtype, rid, question = item.get("question_type"), str(item.get("id", (int, str))), item.get("question")
+        video = item.video(root / item.get("dataset") / f"{item.get('scene_name')}.mp4", "scene_name")
         extra: dict = {"question_type": qtype}
         if qtype in VSIBENCH_MC_TASKS:
-            options = _get(row, "options", list, file, where)
+            options = item.get("options", list)
             task = qtype
             if qtype.startswith("object_rel_direction_"):
                 task, extra["subtask"] = qtype.rsplit("_", 1)
-            records.append(_mc(rid, question, options, _check_letter(gold, options, file, where, "ground_truth"),
-                               task, video, origin, extra))
+            records.append(item.record(rid, question, options, item.letter("ground_truth", options), task, video, extra))
         elif qtype in VSIBENCH_NUMERIC_TASKS:
+            gold = item.get("ground_truth")
             if parse_number(gold) is None:
-                raise DataError(file, where, "ground_truth", f"a numeric task needs a number, got {gold!r}")
-            records.append(Record(id=rid, question=question, options=[], problem_type="regression", answer=gold,
-                                  solution=f"<answer>{gold}</answer>", media_kind="video", media=[video],
-                                  source=qtype, origin=origin, extra=extra))
+                raise item.error("ground_truth", f"a numeric task needs a number, got {gold!r}")
+            records.append(item.record(rid, question, [], gold, qtype, video, extra, problem_type="regression"))
         else:
-            raise DataError(file, where, "question_type",
-                            f"unknown {qtype!r}; known: {', '.join(VSIBENCH_MC_TASKS + VSIBENCH_NUMERIC_TASKS)}")
+            known = ", ".join(VSIBENCH_MC_TASKS + VSIBENCH_NUMERIC_TASKS)
+            raise item.error("question_type", f"unknown {qtype!r}; known: {known}")
     return records
 
 
-def _split_inline_options(text: str, file: Path, where: str) -> tuple[str, list[str]]:
+def _split_inline_options(item: _Item) -> tuple[str, list[str]]:
     """'question\\nA. x\\nB. y' -> ('question', ['A. x', 'B. y'])."""
+    text = item.get("question")
     lines = text.split("\n")
-    first = next((i for i, line in enumerate(lines) if _OPTION_LINE_RE.match(line)), None)
-    if first is None or first == 0:
-        raise DataError(file, where, "question", f"expected a question then option lines 'A. ...', got {text[:80]!r}")
+    first = next((i for i, line in enumerate(lines) if _OPTION_LINE_RE.match(line)), 0)
     options = [line for line in lines[first:] if line.strip()]
-    if [o[0] for o in options] != list(LETTERS[: len(options)]) or not all(map(_OPTION_LINE_RE.match, options)):
-        raise DataError(file, where, "question", f"option lines must be 'A. ...', 'B. ...' in order, got {options}")
+    if first == 0 or [o[:2] for o in options] != [f"{c}." for c in LETTERS[: len(options)]]:
+        raise item.error("question", f"expected a question then option lines 'A. ...', 'B. ...' in order, got {text[:80]!r}")
     return "\n".join(lines[:first]), options
 
 
@@ -319,20 +309,18 @@ def load_tempcompass(root: Path) -> list[Record]:
     `root/videos/<video_id>.mp4`. Task = dim; ids are "<video_id>/<dim>/<index>".
     """
     file = root / "questions" / "multi-choice.json"
-    data = _read_json(file, "the TempCompass multi-choice file (layout: questions/multi-choice.json, videos/<video_id>.mp4)")
-    if not isinstance(data, dict):
-        raise DataError(file, "-", "<json>", f"expected an object keyed by video id, got {type(data).__name__}")
+    data = _Item(_read_json(file, "the TempCompass multi-choice file (layout: questions/multi-choice.json, "
+                                  "videos/<video_id>.mp4)"), file, "-")
     records = []
-    for video_id in data:
-        video = _video(root / "videos" / f"{video_id}.mp4", file, video_id, "<video_id>")
-        dims = _get(data, video_id, dict, file, video_id)
-        for dim in dims:
-            for index, item in enumerate(_get(dims, dim, list, file, f"{video_id}.{dim}")):
-                where = f"{video_id}.{dim}[{index}]"
-                question, options = _split_inline_options(_get(item, "question", str, file, where), file, where)
-                answer = _check_letter(_get(item, "answer", str, file, where), options, file, where, "answer")
-                records.append(_mc(f"{video_id}/{dim}/{index}", question, options, answer, dim, video,
-                                   f"{file}:{where}", {"question_type": dim}))
+    for video_id in data.obj:
+        dims = _Item(data.get(video_id, dict), file, video_id)
+        video = dims.video(root / "videos" / f"{video_id}.mp4", "<video_id>")
+        for dim in dims.obj:
+            for index, obj in enumerate(dims.get(dim, list)):
+                item = _Item(obj, file, f"{video_id}.{dim}[{index}]")
+                question, options = _split_inline_options(item)
+                records.append(item.record(f"{video_id}/{dim}/{index}", question, options, item.letter("answer", options),
+                                           dim, video, {"question_type": dim}))
     return records
 
 
@@ -362,28 +350,26 @@ def load_videommmu(root: Path) -> list[Record]:
     """
     records = []
     for track in VIDEOMMMU_TRACKS:
-        file, rows = _read_parquet(root / track, f"the VideoMMMU {track} parquet (layout: <Track>/test-*.parquet, <Discipline>/<id>.mp4)")
-        for index, row in enumerate(rows):
-            where = f"row {index}"
-            vid = _get(row, "id", str, file, where)
+        what = f"the VideoMMMU {track} parquet (layout: <Track>/test-*.parquet, <Discipline>/<id>.mp4)"
+        for file, index, row in _parquet_rows(root / track, what):
+            item = _Item(row, file, f"row {index}")
+            vid = item.get("id")
             match = _VIDEOMMMU_ID_RE.match(vid)
             if match is None or match.group(1) not in VIDEOMMMU_FOLDERS:
-                raise DataError(file, where, "id", f"expected '<split>_<Subject>_<n>' with a known subject, got {vid!r}")
-            video = _video(root / VIDEOMMMU_FOLDERS[match.group(1)] / f"{vid}.mp4", file, where, "id")
-            question, answer = _get(row, "question", str, file, where), _get(row, "answer", str, file, where)
-            options = [str(o) for o in row.get("options") or []]
+                raise item.error("id", f"expected '<split>_<Subject>_<n>' with a known subject, got {vid!r}")
+            video = item.video(root / VIDEOMMMU_FOLDERS[match.group(1)] / f"{vid}.mp4", "id")
             extra = {"question_type": row.get("question_type"), "subject": match.group(1)}
-            rid, origin = f"{track}/{vid}", f"{file}:{where}"
+            options = [str(o) for o in row.get("options") or []]
             if options:
                 if not all(o.startswith(f"{LETTERS[i]}.") for i, o in enumerate(options)):
                     options = _lettered(options)
-                records.append(_mc(rid, question, options, _check_letter(answer, options, file, where, "answer"),
-                                   track, video, origin, extra))
+                records.append(item.record(f"{track}/{vid}", item.get("question"), options,
+                                           item.letter("answer", options), track, video, extra))
             else:
+                answer = item.get("answer")
                 ptype = "numerical" if parse_number(answer) is not None else "free-form"
-                records.append(Record(id=rid, question=question, options=[], problem_type=ptype, answer=answer,
-                                      solution=f"<answer>{answer}</answer>", media_kind="video", media=[video],
-                                      source=track, origin=origin, extra=extra))
+                records.append(item.record(f"{track}/{vid}", item.get("question"), [], answer, track, video, extra,
+                                           problem_type=ptype))
     return records
 
 
@@ -424,7 +410,8 @@ def _check(bench: Benchmark) -> Benchmark:
             raise DataError(file, where, "id", f"duplicate id {record.id!r} in benchmark {bench.name!r}")
         seen.add(record.id)
         if record.problem_type in ("numerical", "regression") and parse_number(record.answer) is None:
-            raise DataError(file, where, "answer", f"a {record.problem_type} record needs a numeric answer, got {record.answer!r}")
+            raise DataError(file, where, "answer",
+                            f"a {record.problem_type} record needs a numeric answer, got {record.answer!r}")
     if not bench.records:
         raise DataError(bench.origin, "-", "<records>", f"benchmark {bench.name!r} holds no items")
     return bench
@@ -457,5 +444,6 @@ def load_benchmarks(specs: list[str], data_root: str | Path | None) -> list[Benc
     names = [b.name for b in benches]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"benchmark name {name!r} given twice ({', '.join(b.origin for b in benches if b.name == name)})")
+            origins = ", ".join(b.origin for b in benches if b.name == name)
+            raise ConfigError(f"benchmark name {name!r} given twice ({origins})")
     return benches

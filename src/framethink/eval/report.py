@@ -76,13 +76,13 @@ def _temporal(runs: dict[str, Predictions]) -> dict | None:
     others = [o for o in runs if o != "ordered"]
 
     def row(groups: dict) -> dict:
-        return {**{o: groups[o].score for o in runs}, **{f"gap_{o}": groups["ordered"].score - groups[o].score for o in others}}
+        return {"items": groups["ordered"].items, **{o: groups[o].score for o in runs},
+                **{f"gap_{o}": groups["ordered"].score - groups[o].score for o in others}}
 
     benches = {}
     for name in _sorted_benches(scores["ordered"]):
         by_order = {o: scores[o][name] for o in runs}
-        benches[name] = {"items": by_order["ordered"].overall.items,
-                         "overall": row({o: s.overall for o, s in by_order.items()}),
+        benches[name] = {"overall": row({o: s.overall for o, s in by_order.items()}),
                          "tasks": {t: row({o: s.tasks[t] for o, s in by_order.items()}) for t in by_order["ordered"].tasks}}
     return {"orders": list(runs), "benchmarks": benches}
 
@@ -142,6 +142,9 @@ def _settings_line(s: dict) -> str:
             f"decoding {decoding} · seed {s['seed']} · framethink {s['framethink_version']}")
 
 
+_GROUP_COLUMNS = ["score", "items", "unparsable"]
+
+
 def _group_rows(groups: dict) -> list[list[str]]:
     return [[name, _pct(g["score"]), str(g["items"]), str(g["unparsable"])] for name, g in groups.items()]
 
@@ -153,12 +156,13 @@ def render_markdown(report: dict) -> str:
         lines += [f"## {order.capitalize()} frames", "", _settings_line(run["settings"]), ""]
         benches = run["benchmarks"]
         lines += _table(["benchmark", "metric", "score", "items", "unparsable"],
-                        [[b, r["metric"], _pct(r["score"]), str(r["items"]), str(r["unparsable"])] for b, r in benches.items()])
+                        [[b, r["metric"], _pct(r["score"]), str(r["items"]), str(r["unparsable"])]
+                         for b, r in benches.items()])
         for b, r in benches.items():
-            lines += [f"### {b} ({order}) by task", ""] + _table(["task", "score", "items", "unparsable"], _group_rows(r["tasks"]))
+            lines += [f"### {b} ({order}) by task", "", *_table(["task", *_GROUP_COLUMNS], _group_rows(r["tasks"]))]
             if r["durations"]:
-                lines += [f"### {b} ({order}) by duration", ""] + _table(["duration", "score", "items", "unparsable"],
-                                                                         _group_rows(r["durations"]))
+                lines += [f"### {b} ({order}) by duration", "",
+                          *_table(["duration", *_GROUP_COLUMNS], _group_rows(r["durations"]))]
     if report["published"]:
         lines += ["## Published results (ordered frames)", ""]
         for p in report["published"]:
@@ -166,17 +170,19 @@ def render_markdown(report: dict) -> str:
             if p["note"]:
                 lines += [f"Note: {p['note']}.", ""]
             lines += _table(["benchmark", "framethink", "published", "Δ"],
-                            [[b, _pct(r["framethink"]), _pct(r["published"]), f"{r['delta']:+.1f}"] for b, r in p["rows"].items()])
+                            [[b, _pct(r["framethink"]), _pct(r["published"]), f"{r['delta']:+.1f}"]
+                             for b, r in p["rows"].items()])
     temporal = report["temporal"]
     if temporal:
         others = [o for o in temporal["orders"] if o != "ordered"]
         lines += ["## Temporal sensitivity", "",
                   "Score with ordered frames minus the score with " + " / ".join(others) + " frames, on the items "
                   "evaluated in every order. A gap near 0 means the answers do not depend on the order of the frames.", ""]
-        header = ["benchmark", "task", *temporal["orders"], *(f"Δ {o}" for o in others)]
+        header = ["benchmark", "task", "items", *temporal["orders"], *(f"Δ {o}" for o in others)]
         rows = []
         for b, t in temporal["benchmarks"].items():
             for task, row in [("(all)", t["overall"]), *t["tasks"].items()]:
-                rows.append([b, task, *(_pct(row[o]) for o in temporal["orders"]), *(f"{row['gap_' + o]:+.1f}" for o in others)])
+                rows.append([b, task, str(row["items"]), *(_pct(row[o]) for o in temporal["orders"]),
+                             *(f"{row['gap_' + o]:+.1f}" for o in others)])
         lines += _table(header, rows)
     return "\n".join(lines)

@@ -91,8 +91,10 @@ class QwenVisionProcessor:
         rows, grids = [], []
         for i, image in enumerate(images):
             if not (isinstance(image, np.ndarray) and image.ndim == 3):
-                raise ValueError(f"images[{i}]: expected a uint8 RGB array [H, W, 3], got {getattr(image, 'shape', image)}")
-            pixels, grid = self._encode(_as_frames(image[None], f"images[{i}]"), self.image_min_pixels, self.image_max_pixels)
+                shape = getattr(image, "shape", type(image).__name__)
+                raise ValueError(f"images[{i}]: expected a uint8 RGB array [H, W, 3], got {shape}")
+            frames = _as_frames(image[None], f"images[{i}]")  # [1, 3, H, W]
+            pixels, grid = self._encode(frames, self.image_min_pixels, self.image_max_pixels)
             rows.append(pixels)
             grids.append(grid)
         if not rows:
@@ -181,7 +183,12 @@ def build_qwen_inputs(
     mm_token_type_ids = torch.zeros_like(input_ids)
     mm_token_type_ids[input_ids == image_id] = 1
     mm_token_type_ids[input_ids == video_id] = 2
-    return {"input_ids": input_ids, "attention_mask": encoding["attention_mask"], "mm_token_type_ids": mm_token_type_ids, **out}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": encoding["attention_mask"],
+        "mm_token_type_ids": mm_token_type_ids,  # [1, L]
+        **out,
+    }
 
 
 def _as_frames(array: np.ndarray, what: str) -> torch.Tensor:

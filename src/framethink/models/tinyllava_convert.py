@@ -165,8 +165,9 @@ def config_from_released(raw: dict[str, Any], source: str | Path) -> TinyLlavaVi
         raise CheckpointError(source, str(err)) from err
 
 
-def released_config_dict(config: TinyLlavaVideoConfig) -> dict[str, Any]:
-    """framethink's config -> a `config.json` as TinyLLaVA_Factory writes it (no auto_map).
+def _released_config(config: TinyLlavaVideoConfig, text_config: dict, vision_config: dict) -> dict[str, Any]:
+    """framethink's config -> a `config.json` as TinyLLaVA_Factory writes it (no auto_map), with the
+    given nested `text_config` / `vision_config` dicts (written as transformers 4.x wrote them).
 
     The reference fixes the resampler at 8 heads of 64; other head settings raise ConfigError.
     """
@@ -175,8 +176,6 @@ def released_config_dict(config: TinyLlavaVideoConfig) -> dict[str, Any]:
             f"the released layout fixes the resampler at 8 heads of 64, "
             f"got {config.resampler_heads} heads of {config.resampler_head_dim}"
         )
-    text = {k: v for k, v in config.text_config.to_dict().items() if k != "transformers_version"}
-    vision = {k: v for k, v in config.vision_config.to_dict().items() if k != "transformers_version"}
     return {
         "architectures": ["TinyLlavaForConditionalGeneration"],
         "model_type": RELEASED_MODEL_TYPE,
@@ -197,8 +196,8 @@ def released_config_dict(config: TinyLlavaVideoConfig) -> dict[str, Any]:
         "vision_feature_select_strategy": "patch" if config.drop_first_patch else "cls_patch",
         "image_aspect_ratio": "square",
         "use_cache": True,
-        "text_config": {**text, "model_type": "qwen2"},
-        "vision_config": {**vision, "model_type": "siglip_vision_model"},
+        "text_config": {**text_config, "model_type": "qwen2"},
+        "vision_config": {**vision_config, "model_type": "siglip_vision_model"},
     }
 
 
@@ -278,7 +277,8 @@ def load_tinyllava(
     tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else path
     if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise CheckpointError(tokenizer_dir, "no tokenizer files (tokenizer.json / tokenizer_config.json); pass tokenizer_path")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    # The text config names Qwen2's tokenizer without reading config.json, whose model_type transformers lacks.
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, config=config.text_config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = config.pad_token
     if config.pad_token is not None and tokenizer.pad_token != config.pad_token:
@@ -328,9 +328,10 @@ def build_tiny_tinyllava(
     tokenizer = tiny_tinyllava_tokenizer()
     pad_id = tokenizer.pad_token_id
     vocab_size = -(-len(tokenizer) // TINY_VOCAB_MULTIPLE) * TINY_VOCAB_MULTIPLE
+    text_config = {**TINY_TEXT, "vocab_size": vocab_size, "bos_token_id": pad_id, "eos_token_id": pad_id, "pad_token_id": pad_id}
     config = TinyLlavaVideoConfig(
         vision_config=TINY_VISION,
-        text_config={**TINY_TEXT, "vocab_size": vocab_size, "bos_token_id": pad_id, "eos_token_id": pad_id, "pad_token_id": pad_id},
+        text_config=text_config,
         connector_type=connector_type,
         **TINY_CONNECTOR,
         pad_token=EOS_PAD_TOKEN,
@@ -352,7 +353,8 @@ def build_tiny_tinyllava(
             if key != tied
         }
         save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-        (out / "config.json").write_text(json.dumps(released_config_dict(config), indent=2) + "\n")
+        config_json = _released_config(config, text_config, TINY_VISION)
+        (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

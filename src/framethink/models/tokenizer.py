@@ -17,7 +17,7 @@ import json
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
-from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
 from framethink.data.prompts import get_template, sft_system
 from framethink.errors import ConfigError
@@ -57,11 +57,6 @@ QWEN_SPECIAL_TOKENS = (
 )
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 PROMPT_TEMPLATES = ("video-r1", "video-r1-eval", "tinyllava-r1", "option")  # SPEC 3, in templates/prompts.yaml
-
-# transformers' Qwen2Tokenizer pre-tokenisation pattern.
-_QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 _COLOURS = "red green blue yellow orange purple pink brown black white grey gray cyan magenta"
 _SHAPES = "square circle triangle rectangle star diamond line dot ball box cube"
@@ -112,11 +107,11 @@ def build_offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 7
     Raises ConfigError if the corpus is too small to reach `vocab_size`.
     """
     texts = default_corpus() if corpus is None else list(corpus)
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(models.BPE())  # the pipeline transformers' Qwen2Tokenizer builds
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -130,7 +125,8 @@ def build_offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 7
     vocab = bpe.get_vocab()
     if len(vocab) != vocab_size:
         raise ConfigError(
-            f"tokenizer corpus ({len(texts)} texts) yields only {len(vocab)} BPE tokens, fewer than vocab_size={vocab_size}"
+            f"tokenizer corpus ({len(texts)} texts) yields only {len(vocab)} BPE tokens, "
+            f"fewer than vocab_size={vocab_size}"
         )
     merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]  # [(left, right)] in rank order
 
@@ -144,7 +140,8 @@ def build_offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 7
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
         model_max_length=32768,
     )
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS], special_tokens=True)
+    specials = [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS]
+    tokenizer.add_tokens(specials, special_tokens=True)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TAGS])
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2.5-VL-Instruct
     return tokenizer
