@@ -132,6 +132,8 @@ def test_build_tiny_seed_and_sizes(tmp_path):
     assert 150_000 < sum(t.numel() for t in first.values()) < 300_000
     with pytest.raises(ConfigError, match="hidden"):
         build_tiny("qwen2.5-vl", tmp_path / "d", hiden_size=64)
+    with pytest.raises(ConfigError, match="head_dim"):
+        build_tiny("qwen2.5-vl", tmp_path / "d", hidden_size=60)
     with pytest.raises(ConfigError, match="llava"):
         build_tiny("llava", tmp_path / "e")
 

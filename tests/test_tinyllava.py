@@ -251,6 +251,16 @@ def test_placeholder_expansion(tiny):
         assert expanded_labels[row, p + n :].tolist() == labels[row, p + 1 :].tolist()
 
 
+def test_video_features_from_layer_minus_2_without_first_patch(tiny):
+    model, _ = tiny
+    video = _video(9)
+    with torch.no_grad():
+        hidden = model.vision_tower(video[0], output_hidden_states=True).hidden_states  # embeddings + 2 layers
+        assert len(hidden) == 3 and hidden[-2].shape == (FRAMES, 16, 32)
+        expected = model.connector(hidden[-2][:, 1:].reshape(1, FRAMES * 15, 32))  # frames in order, 15 patches each
+        assert torch.equal(model.get_video_features(video), expected)
+
+
 def test_video_changes_only_the_logits_after_it(tiny):
     model, _ = tiny
     ids = torch.tensor([[5, 6, IMAGE_TOKEN_INDEX, 7, 8]])
@@ -275,6 +285,15 @@ def test_padding_and_completion_log_probs(tiny):
     mask = torch.cat([torch.cat([torch.zeros(1, pad), torch.ones_like(row)], 1), torch.cat([torch.ones_like(row), torch.zeros(1, pad)], 1)]).long()
     video = _video(3)
     lc = completion.numel()
+    seen = {}
+    hook = model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    with torch.no_grad():
+        model(input_ids=batch, attention_mask=mask, pixel_values_videos=torch.cat([video, video]))
+    hook.remove()
+    expanded = row.shape[1] + model.config.num_queries - 1
+    # Positions count the attended tokens: 0 over the left padding, then 0, 1, 2, ... (as the reference re-pads).
+    assert seen["position_ids"][0].tolist() == [0] * pad + list(range(expanded))
+    assert seen["position_ids"][1].tolist() == list(range(expanded)) + [expanded - 1] * pad
     with torch.no_grad():
         alone = model(input_ids=row, pixel_values_videos=video).logits
         both = model(input_ids=batch, attention_mask=mask, pixel_values_videos=torch.cat([video, video])).logits

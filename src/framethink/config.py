@@ -101,8 +101,7 @@ class OptimConfig:
 @dataclass
 class SFTConfig:
     train_file: str = ""  # CoT records (Video-R1-COT) or LLaVA conversations
-    mask_answer: bool = False  # keep the answer tokens out of the loss (cold start that leaves the choice to RL)
-    epochs: int = 1
+    answer: str = "gold"  # gold | mask | random: what the answer slot teaches (framethink.sft.trainer)
 
 
 @dataclass

@@ -223,8 +223,33 @@ def _new_item(task: str, rng: np.random.Generator, index: int, num_frames: int, 
     )
 
 
+def describe(item: SynthItem) -> str:
+    """A chain of thought that describes the clip and names the option letter of what it saw, but does not
+    say which option answers the question: `<think>the clip starts red and ends blue. red is C. blue is A.</think>`.
+    The cold start can teach it while the choice of answer is left to reward."""
+    first, last = item.scenes[0], item.scenes[-1]
+    if item.task.startswith("color_"):
+        seen = [first.background, last.background]
+        text = f"the clip starts {seen[0]} and ends {seen[1]}."
+    elif item.task.startswith("shape_"):
+        seen = [first.shape, last.shape]
+        text = f"the clip starts with a {seen[0]} and ends with a {seen[1]}."
+    elif item.task == "color":
+        seen = [first.color]
+        text = f"the square is {seen[0]}."
+    elif item.task == "direction":
+        seen = [item.answer]
+        text = f"the square moves {seen[0]}."
+    else:  # count: the description is the number of appearances
+        seen = []
+        text = f"the circle appears {item.answer} times."
+    for value in seen:
+        text += f" {value} is {LETTERS[item.options.index(value)]}."
+    return f"<think>{text}</think>"
+
+
 def _record(item: SynthItem, problem_id: int, path: str) -> dict:
-    """The SPEC 1.1 record of one item."""
+    """The SPEC 1.1 record of one item, with a `process` chain of thought (the CoT-SFT format)."""
     if item.options:
         answer = LETTERS[item.options.index(item.answer)]
         options = [f"{letter}. {text}" for letter, text in zip(LETTERS, item.options)]
@@ -239,6 +264,7 @@ def _record(item: SynthItem, problem_id: int, path: str) -> dict:
         "solution": f"<answer>{answer}</answer>",
         "path": path,
         "data_source": item.task,
+        "process": describe(item),
     }
 
 

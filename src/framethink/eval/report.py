@@ -15,13 +15,13 @@ from pathlib import Path
 
 from framethink import __version__
 from framethink.errors import ConfigError, DataError
+from framethink.eval.benchmarks import BENCHMARKS
 from framethink.eval.predictions import PREDICTIONS_FILE, Predictions, read_predictions
 from framethink.eval.published import match_published, published_by_key
 from framethink.eval.scoring import BenchmarkScore, score_predictions
 from framethink.models.adapter import FRAME_ORDERS
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-_BENCH_ORDER = ("mvbench", "videomme", "mlvu", "mmvu", "vsibench", "tempcompass", "videommmu")
 
 
 def find_predictions(path: str | Path) -> list[Path]:
@@ -39,14 +39,16 @@ def find_predictions(path: str | Path) -> list[Path]:
 def check_same_run(runs: list[Predictions], settings: dict) -> None:
     """Runs reported together must differ only in frame order (else their gap measures something else)."""
     for run in runs:
-        diffs = [k for k in settings if k != "frame_order" and run.settings.get(k) != json.loads(json.dumps(settings[k]))]
+        diffs = [k for k, v in settings.items()
+                 if k != "frame_order" and run.settings.get(k) != json.loads(json.dumps(v))]
         if diffs:
             raise ConfigError(f"{run.path} differs from the other runs of its folder in {', '.join(diffs)}; "
                               "the runs of one --out folder may differ only in frame order")
 
 
 def _sorted_benches(names) -> list[str]:
-    return sorted(names, key=lambda n: (_BENCH_ORDER.index(n) if n in _BENCH_ORDER else len(_BENCH_ORDER), n))
+    """The known benchmarks in their usual order, then record files by name."""
+    return sorted(names, key=lambda n: (BENCHMARKS.index(n) if n in BENCHMARKS else len(BENCHMARKS), n))
 
 
 def _bench_dict(score: BenchmarkScore) -> dict:
@@ -83,7 +85,8 @@ def _temporal(runs: dict[str, Predictions]) -> dict | None:
     for name in _sorted_benches(scores["ordered"]):
         by_order = {o: scores[o][name] for o in runs}
         benches[name] = {"overall": row({o: s.overall for o, s in by_order.items()}),
-                         "tasks": {t: row({o: s.tasks[t] for o, s in by_order.items()}) for t in by_order["ordered"].tasks}}
+                         "tasks": {t: row({o: s.tasks[t] for o, s in by_order.items()})
+                                   for t in by_order["ordered"].tasks}}
     return {"orders": list(runs), "benchmarks": benches}
 
 

@@ -20,6 +20,7 @@ from framethink.data.prompts import get_template
 from framethink.errors import ConfigError, FramethinkError
 from framethink.eval.benchmarks import Benchmark
 from framethink.eval.predictions import PREDICTIONS_FILE, header_line, prediction_line, read_predictions
+from framethink.eval.published import published_by_key
 from framethink.eval.report import build_report, check_same_run, find_predictions, write_report
 from framethink.models.adapter import FRAME_ORDERS, Decoding, PolicyAdapter
 
@@ -126,6 +127,8 @@ def evaluate(adapter: PolicyAdapter, benchmarks: list[Benchmark], out: str | Pat
     """`eval run`: predictions into `out/<frame order>/`, then the report over every frame order in `out`,
     written to `out/report.json` and `out/report.md`; returns the report."""
     out = Path(out)
+    if compare is not None:
+        published_by_key(compare)  # an unknown key fails now, not after generation
     others = [f for f in out.glob(f"*/{PREDICTIONS_FILE}") if f.parent.name != settings.frame_order]
     check_same_run([read_predictions(f) for f in others], settings.to_dict())  # before any generation
     run_eval(adapter, benchmarks, out / settings.frame_order, settings, batch_size=batch_size, limit=limit, log=log)

@@ -23,6 +23,7 @@ from framethink.data.video import SampledFrames, load_image, permute_frames, sam
 from framethink.errors import ConfigError
 from framethink.models.adapter import FRAME_ORDERS, Decoding, EncodedPrompt
 from framethink.models.loader import load_qwen_vl
+from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
 from framethink.models.sampling import Completions, sample_completions
 
@@ -76,6 +77,7 @@ class QwenVLAdapter:
         self.eos_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None})
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i is not None]
+        self.tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", 1)
         self.vision_encoder_calls = 0  # counted for the benchmarks
 
     # ------------------------------------------------------------------ parameters
@@ -182,34 +184,31 @@ class QwenVLAdapter:
         input_ids, attention, types = input_ids.to(device), attention.to(device), types.to(device)
 
         embeds = model.get_input_embeddings()(input_ids)  # [N, L, D]
-        grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
-        seconds: list[torch.Tensor] = []
         for kind, type_id in (("image", 1), ("video", 2)):
             features = self._vision_features(model, prompts, kind)
             rows = [features[i] for i in row_prompt if features[i].numel()]
-            if not rows:
-                continue
-            grid_key = "image_grid_thw" if kind == "image" else "video_grid_thw"
-            grids[kind] = [prompts[i].inputs[grid_key] for i in row_prompt if features[i].numel()]
-            if kind == "video" and self.processor.absolute_time:
-                seconds = [prompts[i].inputs["second_per_grid_ts"] for i in row_prompt if features[i].numel()]
-            mask = (types == type_id).unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(mask, torch.cat(rows).to(embeds.dtype))
-
-        rope_kwargs = {}
-        if grids["image"]:
-            rope_kwargs["image_grid_thw"] = torch.cat(grids["image"]).to(device)
-        if grids["video"]:
-            rope_kwargs["video_grid_thw"] = torch.cat(grids["video"]).to(device)
-        if seconds:
-            rope_kwargs["second_per_grid_ts"] = torch.cat(seconds).to(device)
-        if rope_kwargs:
-            positions, _ = model.model.get_rope_index(
-                input_ids, mm_token_type_ids=types, attention_mask=attention, **rope_kwargs
-            )  # [3, N, L]
-        else:  # text only: plain 1-D positions on all three axes
-            positions = (attention.cumsum(-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
+            if rows:
+                mask = (types == type_id).unsqueeze(-1).expand_as(embeds)
+                embeds = embeds.masked_scatter(mask, torch.cat(rows).to(embeds.dtype))
+        positions = mrope_position_ids(
+            types.cpu(), attention.cpu(), [self._row_blocks(prompts[i])[0] for i in row_prompt],
+            [self._row_blocks(prompts[i])[1] for i in row_prompt], merge_size=self.processor.merge_size,
+        ).to(device)  # [3, N, L]
         return PackedRows(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, prompt_length=lp)
+
+    def _row_blocks(self, prompt: EncodedPrompt) -> tuple[list[torch.Tensor], list[float]]:
+        """Grids and temporal steps of a prompt's vision blocks in sequence order (one medium per prompt)."""
+        if "video_grid_thw" in prompt.inputs:
+            grids = list(prompt.inputs["video_grid_thw"])
+            if "second_per_grid_ts" in prompt.inputs:  # Qwen2.5-VL: time in seconds
+                steps = [float(s) * self.tokens_per_second for s in prompt.inputs["second_per_grid_ts"]]
+            else:  # Qwen2-VL: one position per temporal grid
+                steps = [1.0] * len(grids)
+            return grids, steps
+        if "image_grid_thw" in prompt.inputs:
+            grids = list(prompt.inputs["image_grid_thw"])
+            return grids, [1.0] * len(grids)
+        return [], []
 
     def completion_logprobs(
         self,

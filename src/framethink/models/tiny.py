@@ -4,7 +4,7 @@ A tiny checkpoint has a real one's directory layout (config.json with the real m
 architectures, model.safetensors, generation_config.json, tokenizer files with the chat template,
 preprocessor_config.json and video_preprocessor_config.json), so every code path that loads a real
 checkpoint loads it too. The default sizes are the learnable demo model of ENVIRONMENT.md
-(text hidden 128, 4 layers, 4 heads / 2 KV heads, FFN 512; vision hidden 64, depth 2; ~1.4 M parameters).
+(text hidden 128, 4 layers, 4 heads / 2 KV heads, FFN 512; vision hidden 64, depth 2; ~1.5 M parameters).
 """
 from __future__ import annotations
 
@@ -74,8 +74,9 @@ def build_tiny(arch: str, out: Path, *, seed: int = 0, **size_overrides: Any) ->
         raise ConfigError(f"unknown tiny size override(s) {unknown}; known: {sorted(known)}")
     sizes = replace(TinySizes(), **size_overrides)
     head_dim = sizes.hidden_size // sizes.num_attention_heads
-    if sizes.hidden_size % sizes.num_attention_heads or head_dim % 4:
-        raise ConfigError(f"tiny sizes {asdict(sizes)}: head_dim = hidden/heads must be a whole multiple of 4")
+    if sizes.hidden_size % sizes.num_attention_heads or head_dim % 8:
+        # head_dim/2 rotary frequencies are split 2:3:3 over (time, height, width); none may be empty
+        raise ConfigError(f"tiny sizes {asdict(sizes)}: head_dim = hidden_size / num_attention_heads must divide by 8")
 
     tokenizer = build_offline_tokenizer(vocab_size=sizes.tokenizer_vocab_size)
     eos, pad, image, video, vision_start, vision_end = tokenizer.convert_tokens_to_ids(

@@ -361,7 +361,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         j = torch.arange(length + n - 1, device=input_ids.device)[None]  # [1, L+N-1]
         src = torch.where(j < p, j, torch.where(j < p + n, length + j - p, j - n + 1))  # [B, L+N-1]
 
-        embeds = torch.cat([text, video.to(text.dtype)], dim=1)
+        embeds = torch.cat([text, video.to(text.dtype).flip(1)], dim=1)
         embeds = embeds.gather(1, src[..., None].expand(-1, -1, embeds.shape[-1]))  # [B, L+N-1, D]
         mask = torch.cat([attention_mask, attention_mask.new_ones(b, n)], dim=1).gather(1, src)
         if labels is not None:
