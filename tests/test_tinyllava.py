@@ -113,7 +113,9 @@ def test_siglip_frames_values_by_hand():
     assert torch.equal(out[0, :, 0, 0], torch.tensor([-1.0, 1.0, (51 - 127.5) / 127.5]))
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8, 3), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8, 3), np.uint8)]
+)
 def test_siglip_frames_reject_bad_input(bad):
     with pytest.raises(ValueError, match="SigLIP frames"):
         preprocess_siglip_frames(bad, size=56)
@@ -178,7 +180,8 @@ def test_group_resampler_wiring():
 
     h = resampler.linear(x)
     chunks = [h[:, :4], h[:, 4:7], h[:, 7:]]
-    expected = torch.cat([_read_by_hand(resampler, c) for c in chunks], dim=1) + sinusoidal_position_encoding(6, 8).float()
+    expected = torch.cat([_read_by_hand(resampler, c) for c in chunks], dim=1)
+    expected = expected + sinusoidal_position_encoding(6, 8).float()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
     # Each group of latents reads only its own chunk: changing the last chunk moves only the last 2 outputs.
@@ -280,15 +283,15 @@ def test_padding_and_completion_log_probs(tiny):
     completion = torch.tensor(tokenizer("<think> red </think> <answer>A</answer>", add_special_tokens=False).input_ids)
     row = torch.cat([prompt, completion])[None]  # [1, L]
     pad = 3
-    padded = torch.cat([torch.full((1, pad), tokenizer.pad_token_id), row], dim=1)  # left padding
-    batch = torch.cat([padded, torch.cat([row, torch.full((1, pad), tokenizer.pad_token_id)], dim=1)])  # + right padding
-    mask = torch.cat([torch.cat([torch.zeros(1, pad), torch.ones_like(row)], 1), torch.cat([torch.ones_like(row), torch.zeros(1, pad)], 1)]).long()
+    pads, ones = torch.full((1, pad), tokenizer.pad_token_id), torch.ones_like(row)
+    batch = torch.cat([torch.cat([pads, row], 1), torch.cat([row, pads], 1)])  # left-padded row, right-padded row
+    mask = torch.cat([torch.cat([0 * pads, ones], 1), torch.cat([ones, 0 * pads], 1)])
     video = _video(3)
     lc = completion.numel()
     seen = {}
     hook = model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
     with torch.no_grad():
-        model(input_ids=batch, attention_mask=mask, pixel_values_videos=torch.cat([video, video]))
+        both = model(input_ids=batch, attention_mask=mask, pixel_values_videos=torch.cat([video, video])).logits
     hook.remove()
     expanded = row.shape[1] + model.config.num_queries - 1
     # Positions count the attended tokens: 0 over the left padding, then 0, 1, 2, ... (as the reference re-pads).
@@ -296,7 +299,6 @@ def test_padding_and_completion_log_probs(tiny):
     assert seen["position_ids"][1].tolist() == list(range(expanded)) + [expanded - 1] * pad
     with torch.no_grad():
         alone = model(input_ids=row, pixel_values_videos=video).logits
-        both = model(input_ids=batch, attention_mask=mask, pixel_values_videos=torch.cat([video, video])).logits
         kept = model(input_ids=row, pixel_values_videos=video, logits_to_keep=lc + 1).logits
         labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), completion])[None]
         loss = model(input_ids=row, pixel_values_videos=video, labels=labels).loss
@@ -308,24 +310,37 @@ def test_padding_and_completion_log_probs(tiny):
     torch.testing.assert_close(loss, -logprobs.mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_loss_trains_connector_and_language_model(tiny_dirs):
+    model, _ = load_tinyllava(tiny_dirs[("framethink", "naiveresampler")])
+    model.train()
+    ids = torch.tensor([[5, IMAGE_TOKEN_INDEX, 6, 7, 8]])
+    model(input_ids=ids, pixel_values_videos=_video(10), labels=ids.masked_fill(ids < 0, IGNORE_INDEX)).loss.backward()
+    assert model.connector.latents.grad.abs().sum() > 0 and model.connector.linear.weight.grad.abs().sum() > 0
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
 def test_forward_rejects_bad_placeholders(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="row 1 of input_ids holds 2 video placeholders"):
-        model(input_ids=torch.tensor([[1, IMAGE_TOKEN_INDEX, 2], [IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX, 2]]), pixel_values_videos=_video(0, 2))
+        ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 2], [IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX, 2]])
+        model(input_ids=ids, pixel_values_videos=_video(0, 2))
     with pytest.raises(ValueError, match="no pixel_values_videos"):
         model(input_ids=torch.tensor([[1, IMAGE_TOKEN_INDEX, 2]]))
     with pytest.raises(ValueError, match="7 frames for 2 videos"):
-        model(input_ids=torch.tensor([[1, IMAGE_TOKEN_INDEX], [IMAGE_TOKEN_INDEX, 2]]), pixel_values_videos=torch.zeros(7, 3, 56, 56))
+        ids = torch.tensor([[1, IMAGE_TOKEN_INDEX], [IMAGE_TOKEN_INDEX, 2]])
+        model(input_ids=ids, pixel_values_videos=torch.zeros(7, 3, 56, 56))
 
 
 def test_generate_continues_the_video_prompt(tiny):
     model, tokenizer = tiny
-    prompts = [build_tinyllava_prompt_ids(tokenizer, q) for q in ("What colour is the square?", "Which way does it move?")]
+    questions = ("What colour is the square?", "Which way does it move?")
+    prompts = [build_tinyllava_prompt_ids(tokenizer, q) for q in questions]
     width = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (width - len(p), 0), value=tokenizer.pad_token_id) for p in prompts])  # left padding
     mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0)) for p in prompts])
     video = torch.cat([_video(4), _video(5)])
-    new = model.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=video, max_new_tokens=6, do_sample=False)
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": video}
+    new = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert new.shape[0] == 2 and 1 <= new.shape[1] <= 6
     assert ((new >= 0) & (new < model.config.text_config.vocab_size)).all()
     # Greedy tokens are the argmax of a plain forward over prompt + generated tokens (cache and positions agree).
@@ -338,7 +353,7 @@ def test_generate_continues_the_video_prompt(tiny):
         stop = (new[row] == tokenizer.eos_token_id).nonzero()
         upto = stop[0, 0].item() + 1 if stop.numel() else steps
         assert logits[row, -steps - 1 : -1][:upto].argmax(-1).tolist() == new[row, :upto].tolist()
-    sampled = model.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=video, max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, num_return_sequences=3)
     assert sampled.shape[0] == 6
 
 
@@ -371,8 +386,9 @@ def test_save_load_round_trip(tiny, tmp_path):
             assert torch.equal(loaded.eval()(input_ids=ids, pixel_values_videos=video).logits, expected)
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, TinyLlavaVideoConfig)
-    assert (config.connector_type, config.group, config.num_queries, config.num_resampler_layers) == ("groupresampler", 4, 8, 2)
-    assert (config.vision_feature_layer, config.drop_first_patch, config.image_token_index) == (-2, True, IMAGE_TOKEN_INDEX)
+    assert (config.connector_type, config.group, config.num_queries) == ("groupresampler", 4, 8)
+    assert (config.num_resampler_layers, config.vision_feature_layer, config.drop_first_patch) == (2, -2, True)
+    assert config.image_token_index == IMAGE_TOKEN_INDEX
     assert config.vision_config.hidden_size == 32 and config.text_config.tie_word_embeddings
 
 
@@ -404,7 +420,8 @@ def test_released_layout_loads_to_identical_logits(tiny_dirs, connector_type):
 
     ours, _ = load_tinyllava(tiny_dirs[("framethink", connector_type)])
     theirs, tokenizer = load_tinyllava(released)
-    assert theirs.config.connector_type == connector_type and tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    assert theirs.config.connector_type == connector_type
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
     ids = build_tinyllava_prompt_ids(tokenizer, "What happens?")[None]
     with torch.no_grad():
         assert torch.equal(
@@ -420,18 +437,22 @@ def test_convert_released_checkpoint(tiny_dirs, tmp_path):
     reference, _ = load_tinyllava(tiny_dirs[("framethink", "groupresampler")])
     ids = build_tinyllava_prompt_ids(tokenizer, "Why?")[None]
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, pixel_values_videos=_video(8)).logits, reference(input_ids=ids, pixel_values_videos=_video(8)).logits)
+        expected = reference(input_ids=ids, pixel_values_videos=_video(8)).logits
+        assert torch.equal(model(input_ids=ids, pixel_values_videos=_video(8)).logits, expected)
     with pytest.raises(CheckpointError, match="not a released"):
         convert_released_checkpoint(converted, tmp_path / "again")
 
 
 def test_key_mapping():
-    assert released_to_framethink_key("connector._connector.layers.2.1.3.weight") == "connector.blocks.2.ff.fc2.weight"
-    assert released_to_framethink_key("connector._connector.layers.0.0.to_q.weight") == "connector.blocks.0.attn.to_q.weight"
-    assert released_to_framethink_key("connector._connector.latents") == "connector.latents"
-    assert released_to_framethink_key("language_model.lm_head.weight") == "language_model.lm_head.weight"
-    assert released_to_framethink_key("vision_tower._vision_tower.vision_model.head.probe") == "vision_tower.vision_model.head.probe"
-    assert released_to_framethink_key("mm_projector.0.weight") is None
+    pairs = {
+        "connector._connector.layers.2.1.3.weight": "connector.blocks.2.ff.fc2.weight",
+        "connector._connector.layers.0.0.to_q.weight": "connector.blocks.0.attn.to_q.weight",
+        "connector._connector.latents": "connector.latents",
+        "language_model.lm_head.weight": "language_model.lm_head.weight",
+        "vision_tower._vision_tower.vision_model.head.probe": "vision_tower.vision_model.head.probe",
+        "mm_projector.0.weight": None,
+    }
+    assert {key: released_to_framethink_key(key) for key in pairs} == pairs
     released = "vision_tower._vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
     assert framethink_to_released_key("vision_tower.encoder.layers.0.mlp.fc1.weight") == released  # flat SigLIP names
     assert framethink_to_released_key("vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight") == released
@@ -456,12 +477,36 @@ def _copy_released(tiny_dirs, tmp_path, edit_weights=None, edit_config=None):
 
 
 def test_released_loading_names_unknown_and_missing_weights(tiny_dirs, tmp_path):
-    extra = _copy_released(tiny_dirs, tmp_path / "a", edit_weights=lambda w: w.update({"mm_projector.0.weight": torch.zeros(2)}))
+    extra = _copy_released(
+        tiny_dirs, tmp_path / "a", edit_weights=lambda w: w.update({"mm_projector.0.weight": torch.zeros(2)})
+    )
     with pytest.raises(CheckpointError, match=r"outside the released .*mm_projector\.0\.weight"):
         load_tinyllava(extra)
-    missing = _copy_released(tiny_dirs, tmp_path / "b", edit_weights=lambda w: w.pop("connector._connector.layers.1.0.to_q.weight"))
-    with pytest.raises(CheckpointError, match=r"missing_keys: \['connector\.blocks\.1\.attn\.to_q\.weight'\]"):
+    missing = _copy_released(
+        tiny_dirs, tmp_path / "b", edit_weights=lambda w: w.pop("connector._connector.layers.1.0.to_q.weight")
+    )
+    with pytest.raises(CheckpointError, match=r"missing: \['connector\.blocks\.1\.attn\.to_q\.weight'\]"):
         load_tinyllava(missing)
+    reshaped = _copy_released(
+        tiny_dirs, tmp_path / "c", edit_weights=lambda w: w.update({"connector._connector.latents": torch.zeros(3, 64)})
+    )
+    with pytest.raises(CheckpointError, match=r"wrong shape: \['connector\.latents \(3, 64\) != \(2, 64\)'\]"):
+        load_tinyllava(reshaped)
+
+
+def test_released_checkpoint_without_siglip_head(tiny_dirs, tmp_path):
+    def drop_head(weights):
+        for key in [k for k in weights if ".vision_model.head." in k]:
+            weights.pop(key)
+
+    headless = _copy_released(tiny_dirs, tmp_path, edit_weights=drop_head)
+    model, tokenizer = load_tinyllava(headless)
+    reference, _ = load_tinyllava(tiny_dirs[("released", "groupresampler")])
+    assert not model.config.vision_config.vision_use_head and reference.config.vision_config.vision_use_head
+    ids = build_tinyllava_prompt_ids(tokenizer, "Why?")[None]
+    with torch.no_grad():
+        expected = reference(input_ids=ids, pixel_values_videos=_video(11)).logits
+        assert torch.equal(model(input_ids=ids, pixel_values_videos=_video(11)).logits, expected)
 
 
 def test_released_config_faults_are_named(tiny_dirs, tmp_path):

@@ -42,7 +42,8 @@ def _eval_run(args: argparse.Namespace) -> int:
     from framethink.eval.runner import RunSettings, eval_decoding, evaluate, template_for
     from framethink.models import load_adapter
 
-    benchmarks = load_benchmarks(args.bench.split(","), args.data_root)  # data faults surface before the model loads
+    specs = [spec.strip() for spec in args.bench.split(",") if spec.strip()]
+    benchmarks = load_benchmarks(specs, args.data_root)  # data faults surface before the model loads
     recipe = load_config(args.recipe).eval if args.recipe else EvalConfig()
     decoding = eval_decoding(recipe, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     adapter = load_adapter(args.model, num_frames=args.frames, max_pixels=args.max_pixels)
@@ -62,6 +63,25 @@ def _eval_score(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_report(report, args.out)
     print(render_markdown(report))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from framethink.config import load_config
+
+    config = load_config(args.config, args.overrides)  # every key checked before any model loads
+    if args.train_command == "rl":
+        from framethink.rl.trainer import train_rl as train
+    else:
+        from framethink.sft.trainer import train_sft as train
+    print(f"final model: {train(config, resume=args.resume)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from framethink.demo import run_demo
+
+    run_demo(args.out, model=args.model, arch=args.arch, seed=args.seed, recipe=args.recipe, overrides=args.overrides)
     return 0
 
 
@@ -118,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
     score.add_argument("--out", type=Path, default=None, help="also write report.json and report.md here")
     score.set_defaults(func=_eval_score)
+    train = commands.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
+    for name, text in (("rl", "GRPO / T-GRPO / Dr. GRPO"), ("sft", "supervised cold start")):
+        cmd = train.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path, required=True, help="recipe YAML (see recipes/)")
+        cmd.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+        cmd.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0 optim.lr=1e-6")
+        cmd.set_defaults(func=_train)
+
+    demo = commands.add_parser("demo", help="synthetic data -> tiny model -> SFT -> T-GRPO -> evaluation, with a report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--model", type=Path, default=None, help="start from this checkpoint instead of a tiny random one")
+    demo.add_argument("--arch", default="qwen2.5-vl", help="architecture of the tiny model")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--recipe", type=Path, default=None, help="demo recipe (default: recipes/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
+    demo.set_defaults(func=_demo)
     return parser
 
 

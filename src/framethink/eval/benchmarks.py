@@ -108,9 +108,9 @@ class _Item:
     def letter(self, field: str, options: list[str]) -> str:
         """The gold letter in `field` ("B" or "B. text"), which must name one of the options."""
         answer = self.get(field)
-        letter = normalize_option(answer)
-        if not letter or letter not in LETTERS[: len(options)]:
-            raise self.error(field, f"{answer!r} is not the letter of one of the {len(options)} options")
+        letter, letters = normalize_option(answer), [normalize_option(o) for o in options]
+        if not letter or letter not in letters:
+            raise self.error(field, f"{answer!r} is not the letter of one of the options {', '.join(letters)}")
         return letter
 
     def record(self, rid: str, question: str, options: list[str], answer: str, task: str, video: Path,

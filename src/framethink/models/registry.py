@@ -1,7 +1,13 @@
-"""Load the policy adapter for any checkpoint framethink knows, chosen by its config.json."""
+"""Load the policy adapter for any checkpoint framethink knows, chosen by its config.json.
+
+A model exported by framethink also carries `framethink.json`: the prompt template, system message and
+frame rule it was trained with, so that evaluation uses them by default (SPEC 3: a model trained on a
+template must be evaluated with it).
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +16,7 @@ from framethink.errors import ConfigError
 from framethink.models.qwen_vl import FrameRule, load_qwen_vl_adapter
 
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl")
+TRAINING_FILE = "framethink.json"
 
 
 def checkpoint_type(path: str | Path) -> str:
@@ -19,25 +26,61 @@ def checkpoint_type(path: str | Path) -> str:
     return json.loads(config.read_text()).get("model_type", "")
 
 
+def write_training_settings(out: Path, *, template: str, system: str | None, frames: FrameRule) -> None:
+    """Record how a model was trained next to its weights."""
+    (Path(out) / TRAINING_FILE).write_text(json.dumps({"template": template, "system": system, "frames": asdict(frames)}, indent=1))
+
+
+def read_training_settings(path: str | Path) -> dict:
+    file = Path(path) / TRAINING_FILE
+    if not file.is_file():
+        return {}
+    data = json.loads(file.read_text())
+    known = {f.name for f in fields(FrameRule)}
+    if "frames" in data:
+        unknown = set(data["frames"]) - known
+        if unknown:
+            raise ConfigError(f"{file}: unknown frame-rule keys {sorted(unknown)}")
+        data["frames"] = FrameRule(**data["frames"])
+    return data
+
+
 def load_adapter(
     path: str | Path,
     *,
     frames: FrameRule | None = None,
-    video_max_pixels: int | None = None,
+    num_frames: int | None = None,
+    max_pixels: int | None = None,
     video_min_pixels: int | None = None,
     image_max_pixels: int | None = None,
     image_min_pixels: int | None = None,
+    template: str | None = None,
+    system: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
-    system: str | None = None,
     frame_cache_size: int = 256,
 ):
-    """The adapter for the checkpoint at `path`; pixel bounds left as None keep the checkpoint's own."""
+    """The adapter for the checkpoint at `path`.
+
+    Unset arguments fall back to what the checkpoint says: its `framethink.json` (template, system, frame rule)
+    and its processor configs (pixel bounds). `num_frames` caps the frames per clip (evaluation's --frames);
+    `max_pixels` bounds each video frame.
+    """
+    trained = read_training_settings(path)
+    frames = frames or trained.get("frames") or FrameRule()
+    if num_frames is not None:
+        frames = replace(frames, max_frames=num_frames, num_frames=num_frames)
     model_type = checkpoint_type(path)
     if model_type in QWEN_TYPES:
-        overrides = {k: v for k, v in dict(video_max_pixels=video_max_pixels, video_min_pixels=video_min_pixels,
-                                           image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels).items()
-                     if v is not None}
-        return load_qwen_vl_adapter(path, frames=frames or FrameRule(), vision_overrides=overrides, dtype=dtype,
-                                    device=device, system=system, frame_cache_size=frame_cache_size)
-    raise ConfigError(f"{path}: model_type {model_type!r} is not supported (known: {', '.join(QWEN_TYPES)})")
+        bounds = dict(video_max_pixels=max_pixels, video_min_pixels=video_min_pixels,
+                      image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels)
+        adapter = load_qwen_vl_adapter(
+            path, frames=frames, vision_overrides={k: v for k, v in bounds.items() if v is not None}, dtype=dtype,
+            device=device, system=system if system is not None else trained.get("system"),
+            frame_cache_size=frame_cache_size,
+        )
+    else:
+        raise ConfigError(f"{path}: model_type {model_type!r} is not supported (known: {', '.join(QWEN_TYPES)})")
+    if template is not None or "template" in trained:
+        adapter.default_template = template or trained["template"]
+    return adapter

@@ -17,7 +17,10 @@ Left and right padding both work: padding keeps its place and positions count re
 Weight names (framethink layout): `vision_tower.*` (transformers' SiglipVisionModel),
 `connector.{linear, latents, blocks.{i}.attn.*, blocks.{i}.ff.{norm, fc1, fc2}, norm}`,
 `language_model.*` (transformers' Qwen2ForCausalLM). `framethink.models.tinyllava_convert` maps the
-released TinyLLaVA_Factory layout onto these names.
+released TinyLLaVA_Factory layout onto these names. Importing this module registers the config and
+model with `AutoConfig` / `AutoModelForCausalLM`, so `save_pretrained` directories load with
+`from_pretrained`; `tinyllava_convert.load_tinyllava` loads either layout, also across transformers
+versions that name SigLIP's weights differently.
 """
 from __future__ import annotations
 
@@ -278,7 +281,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer", "Resampler"]
+    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer", "GroupResampler", "NaiveResampler"]
 
     def __init__(self, config: TinyLlavaVideoConfig) -> None:
         super().__init__(config)
@@ -330,7 +333,8 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if pixel_values_videos is None:
             if is_video.any():
                 raise ValueError(
-                    f"input_ids hold the video placeholder {self.config.image_token_index} but no pixel_values_videos were given"
+                    f"input_ids hold the video placeholder {self.config.image_token_index} "
+                    "but no pixel_values_videos were given"
                 )
             return embed(input_ids), attention_mask, labels
 
@@ -361,7 +365,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         j = torch.arange(length + n - 1, device=input_ids.device)[None]  # [1, L+N-1]
         src = torch.where(j < p, j, torch.where(j < p + n, length + j - p, j - n + 1))  # [B, L+N-1]
 
-        embeds = torch.cat([text, video.to(text.dtype).flip(1)], dim=1)
+        embeds = torch.cat([text, video.to(text.dtype)], dim=1)
         embeds = embeds.gather(1, src[..., None].expand(-1, -1, embeds.shape[-1]))  # [B, L+N-1, D]
         mask = torch.cat([attention_mask, attention_mask.new_ones(b, n)], dim=1).gather(1, src)
         if labels is not None:
@@ -388,6 +392,8 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         expanded with the ids. Or pass `inputs_embeds` and an `attention_mask` already expanded
         (what `generate` does). Positions count the attended tokens of each row when not given.
         Returns logits [B, L+N-1, V] (or the last `logits_to_keep`) and the loss when `labels` are given.
+        Nothing is truncated: the reference cut expanded sequences at `tokenizer_model_max_length`
+        (3072), so callers keep prompt + video + completion within it.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -422,9 +428,9 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Sample continuations of left-padded prompts (one placeholder per row) about their videos.
 
         The prompt is embedded once (video included), then transformers' generation continues from
-        those embeddings, as the reference does; the result holds only the new tokens [B*num_return_sequences, new]
-        (or a `GenerateOutput` when `return_dict_in_generate=True`). `kwargs` are transformers'
-        generation arguments (max_new_tokens, do_sample, temperature, top_p, ...).
+        those embeddings, as the reference does; the result holds only the new tokens
+        [B * num_return_sequences, new] (or a `GenerateOutput` when `return_dict_in_generate=True`).
+        `kwargs` are transformers' generation arguments (max_new_tokens, do_sample, temperature, top_p, ...).
         """
         if "inputs_embeds" in kwargs:
             raise ValueError("generate builds inputs_embeds itself; pass input_ids and pixel_values_videos")

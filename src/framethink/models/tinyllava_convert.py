@@ -132,9 +132,12 @@ def config_from_released(raw: dict[str, Any], source: str | Path) -> TinyLlavaVi
     if raw["connector_type"] == "groupresampler" and raw.get("group") is None:
         raise CheckpointError(source, "field 'group' is missing (connector_type groupresampler)")
     text = dict(raw["text_config"])
+    # The reference stores where it downloaded SigLIP from inside vision_config; framethink does not need it.
     vision = {k: v for k, v in raw["vision_config"].items() if k not in ("model_name_or_path", "model_name_or_path2")}
     if text.get("model_type") != "qwen2":
-        raise CheckpointError(source, f"field 'text_config.model_type': expected 'qwen2', got {text.get('model_type')!r}")
+        raise CheckpointError(
+            source, f"field 'text_config.model_type': expected 'qwen2', got {text.get('model_type')!r}"
+        )
     if vision.get("model_type", "siglip_vision_model") != "siglip_vision_model":
         raise CheckpointError(
             source, f"field 'vision_config.model_type': expected 'siglip_vision_model', got {vision['model_type']!r}"
@@ -144,7 +147,9 @@ def config_from_released(raw: dict[str, Any], source: str | Path) -> TinyLlavaVi
         raise CheckpointError(source, f"field 'vision_feature_select_strategy': unknown value {strategy!r}")
     for field, sub, width in (("hidden_size", text, "hidden_size"), ("vision_hidden_size", vision, "hidden_size")):
         if raw.get(field) is not None and raw[field] != sub.get(width):
-            raise CheckpointError(source, f"field '{field}' ({raw[field]}) disagrees with the nested config ({sub.get(width)})")
+            raise CheckpointError(
+                source, f"field '{field}' ({raw[field]}) disagrees with the nested config ({sub.get(width)})"
+            )
     try:
         return TinyLlavaVideoConfig(
             vision_config=vision,
@@ -227,6 +232,27 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_weights(path: Path, config: TinyLlavaVideoConfig, weights: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming every weight the model lacks, misses (a tied lm_head may be absent) or
+    holds in another shape; the model is built on the meta device, which costs no memory."""
+    with torch.device("meta"):
+        model = TinyLlavaVideoForConditionalGeneration(config)
+    expected = {_canonical(key): value.shape for key, value in model.state_dict().items()}
+    optional = {"language_model.lm_head.weight"} if config.text_config.tie_word_embeddings else set()
+    faults = {
+        "missing": sorted(expected.keys() - weights.keys() - optional),
+        "unexpected": sorted(weights.keys() - expected.keys()),
+        "wrong shape": sorted(
+            f"{key} {tuple(weights[key].shape)} != {tuple(expected[key])}"
+            for key in expected.keys() & weights.keys()
+            if weights[key].shape != expected[key]
+        ),
+    }
+    if any(faults.values()):
+        listed = "; ".join(f"{kind}: {names}" for kind, names in faults.items() if names)
+        raise CheckpointError(path, f"weights do not match the model: {listed}")
+
+
 def checkpoint_layout(path: str | Path) -> str:
     """"released" or "framethink", told by the model_type of `path/config.json`."""
     path = Path(path)
@@ -236,7 +262,9 @@ def checkpoint_layout(path: str | Path) -> str:
     if model_type == TinyLlavaVideoConfig.model_type:
         return "framethink"
     raise CheckpointError(
-        path, f"config.json model_type {model_type!r} is neither {RELEASED_MODEL_TYPE!r} nor {TinyLlavaVideoConfig.model_type!r}"
+        path,
+        f"config.json model_type {model_type!r} is neither {RELEASED_MODEL_TYPE!r} "
+        f"nor {TinyLlavaVideoConfig.model_type!r}",
     )
 
 
@@ -261,40 +289,48 @@ def load_tinyllava(
         if unknown := sorted(key for key, new in renamed.items() if new is None):
             raise CheckpointError(path, f"weights outside the released TinyLLaVA-Video layout: {unknown}")
         weights = {renamed[key]: value for key, value in weights.items()}
+        # SigLIP's pooling head is unused (features come from a hidden layer); build it only if it was saved.
+        config.vision_config.vision_use_head = any(".vision_model.head." in key for key in weights)
     else:
         config = TinyLlavaVideoConfig.from_dict(raw)
     weights = {_canonical(key): value for key, value in weights.items()}
     if dtype is None:
         dtype = next(v.dtype for v in weights.values() if v.is_floating_point())
 
-    model, info = TinyLlavaVideoForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+    _check_weights(path, config, weights)
+    model = TinyLlavaVideoForConditionalGeneration.from_pretrained(
+        None, config=config, state_dict=weights, dtype=dtype
     )
-    faults = {name: sorted(info.get(name, ())) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(faults.values()):
-        raise CheckpointError(path, "weights do not match the model: " + "; ".join(f"{k}: {v}" for k, v in faults.items() if v))
 
     tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else path
     if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise CheckpointError(tokenizer_dir, "no tokenizer files (tokenizer.json / tokenizer_config.json); pass tokenizer_path")
+        raise CheckpointError(
+            tokenizer_dir, "no tokenizer files (tokenizer.json / tokenizer_config.json); pass tokenizer_path"
+        )
     # The text config names Qwen2's tokenizer without reading config.json, whose model_type transformers lacks.
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, config=config.text_config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = config.pad_token
     if config.pad_token is not None and tokenizer.pad_token != config.pad_token:
-        raise CheckpointError(path, f"tokenizer pad token {tokenizer.pad_token!r} differs from config pad_token {config.pad_token!r}")
+        raise CheckpointError(
+            path, f"tokenizer pad token {tokenizer.pad_token!r} differs from config pad_token {config.pad_token!r}"
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
 
 
-def convert_released_checkpoint(src: str | Path, dst: str | Path, *, tokenizer_path: str | Path | None = None) -> Path:
+def convert_released_checkpoint(
+    src: str | Path, dst: str | Path, *, tokenizer_path: str | Path | None = None
+) -> Path:
     """Write the released checkpoint `src` in framethink's layout to `dst` (weights in their stored
     dtype, config, generation config, tokenizer); returns `dst`. Raises CheckpointError if `src` is
     not in the released layout."""
     if checkpoint_layout(src) != "released":
-        raise CheckpointError(src, "not a released TinyLLaVA-Video checkpoint (config.json model_type is not 'tinyllava')")
+        raise CheckpointError(
+            src, "not a released TinyLLaVA-Video checkpoint (config.json model_type is not 'tinyllava')"
+        )
     model, tokenizer = load_tinyllava(src, tokenizer_path=tokenizer_path)
     dst = Path(dst)
     model.save_pretrained(dst)
@@ -328,7 +364,8 @@ def build_tiny_tinyllava(
     tokenizer = tiny_tinyllava_tokenizer()
     pad_id = tokenizer.pad_token_id
     vocab_size = -(-len(tokenizer) // TINY_VOCAB_MULTIPLE) * TINY_VOCAB_MULTIPLE
-    text_config = {**TINY_TEXT, "vocab_size": vocab_size, "bos_token_id": pad_id, "eos_token_id": pad_id, "pad_token_id": pad_id}
+    ids = {"bos_token_id": pad_id, "eos_token_id": pad_id, "pad_token_id": pad_id}
+    text_config = {**TINY_TEXT, "vocab_size": vocab_size, **ids}
     config = TinyLlavaVideoConfig(
         vision_config=TINY_VISION,
         text_config=text_config,

@@ -26,7 +26,7 @@ from framethink.engine import (
     set_trainable,
 )
 from framethink.models.qwen_vl import FrameRule
-from framethink.models.registry import load_adapter
+from framethink.models.registry import load_adapter, write_training_settings
 from framethink.rl.loss import grpo_loss
 from framethink.rl.rollout import Rollout, collect_rollout
 
@@ -37,9 +37,9 @@ def build_adapter(config: TrainConfig, device: str):
     frames = FrameRule(rule=data.frame_rule, fps=data.fps, min_frames=data.min_frames, max_frames=data.max_frames,
                        num_frames=data.num_frames)
     return load_adapter(
-        config.model.path, frames=frames, video_max_pixels=data.video_max_pixels, video_min_pixels=data.video_min_pixels,
-        image_max_pixels=data.image_max_pixels, image_min_pixels=data.image_min_pixels,
-        dtype=DTYPES[config.model.dtype], device=device, system=data.system, frame_cache_size=data.frame_cache_size,
+        config.model.path, frames=frames, max_pixels=data.video_max_pixels, video_min_pixels=data.video_min_pixels,
+        image_max_pixels=data.image_max_pixels, image_min_pixels=data.image_min_pixels, template=data.template,
+        system=data.system, dtype=DTYPES[config.model.dtype], device=device, frame_cache_size=data.frame_cache_size,
     )
 
 
@@ -143,14 +143,16 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
         if config.run.save_every and (step + 1) % config.run.save_every == 0 and step + 1 < config.run.max_steps:
             save_checkpoint(out, step + 1, adapter.model, params, optimizer, scheduler, generator, accelerator, {})
     logger.close()
-    return export_model(adapter, lora, out / "final", accelerator)
+    return export_model(adapter, lora, out / "final", accelerator, config)
 
 
-def export_model(adapter, lora, out: Path, accelerator) -> Path:
-    """The trained model in the Hugging Face layout (loads with from_pretrained); LoRA weights merged."""
+def export_model(adapter, lora, out: Path, accelerator, config: TrainConfig) -> Path:
+    """The trained model in the Hugging Face layout (loads with from_pretrained); LoRA weights merged.
+    `framethink.json` records the template, system message and frame rule it was trained with."""
     if lora is not None:
         adapter.model = lora.merge_and_unload()
     if accelerator.is_main_process:
         adapter.save_pretrained(out)
+        write_training_settings(out, template=config.data.template, system=config.data.system, frames=adapter.frames)
     accelerator.wait_for_everyone()
     return out

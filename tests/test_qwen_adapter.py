@@ -1,0 +1,273 @@
+"""The Qwen-VL policy adapter: generation agrees with the full forward, the vision encoder runs once per
+prompt batch, every forward of a training step gets the video and its 3-D positions, vision special tokens
+are never sampled, completion masks run through EOS, frame orders, and mixed-media batches."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from helpers_video import index_frames, write_video
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
+
+from framethink.data.records import load_records
+from framethink.data.video import sample_frames
+from framethink.errors import ConfigError
+from framethink.models.adapter import Decoding
+from framethink.models.qwen_vl import load_qwen_vl_adapter
+from framethink.models.sampling import sample_completions
+from framethink.rl.trainer import train_rl
+
+pytest_plugins = ["fixtures_training"]
+TEMPLATE = "video-r1"
+
+
+def _spy_visual(adapter, monkeypatch) -> list[torch.Tensor]:
+    """Record the pixels of every call of the adapter model's vision encoder."""
+    visual, seen = adapter.model.model.visual, []
+    forward = visual.forward
+
+    def spy(pixels, **kwargs):
+        seen.append(pixels.detach().clone())
+        return forward(pixels, **kwargs)
+
+    monkeypatch.setattr(visual, "forward", spy)
+    return seen
+
+
+def _bias_logits(adapter, token_ids: list[int], value: float = 50.0):
+    """Add `value` to the logits of `token_ids` in every forward (a hook on lm_head); returns the handle."""
+    bias = torch.zeros(adapter.model.lm_head.out_features)
+    bias[token_ids] = value
+    return adapter.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_qwen25_vl_dir", "tiny_qwen2_vl_dir"])
+def test_incremental_generation_agrees_with_the_full_forward(request, checkpoint, synth_records):
+    adapter = load_qwen_vl_adapter(request.getfixturevalue(checkpoint))
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]  # prompt lengths differ: left padding
+    assert prompts[0].inputs["input_ids"].shape != prompts[1].inputs["input_ids"].shape
+    rows = [0, 0, 1, 1]
+
+    # sampled: the log-probs of each step's logits (KV cache, incremental positions) equal the full forward's
+    steps: list[torch.Tensor] = []
+    hook = adapter.model.register_forward_hook(lambda module, args, out: steps.append(out.logits[:, -1].clone()))
+    sampled = adapter.generate(prompts, rows, Decoding(max_new_tokens=6), generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    tokens, mask = sampled.tokens, sampled.mask.bool()
+    incremental = torch.stack(steps[: tokens.shape[1]], 1).log_softmax(-1)  # [N, T, V]
+    incremental = incremental.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    full = adapter.completion_logprobs(prompts, rows, tokens)
+    assert torch.allclose(full[mask], incremental[mask], atol=1e-4)
+
+    # greedy: every generated token is the argmax (vision tokens excluded) of the full forward's logits
+    greedy = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
+    logits: list[torch.Tensor] = []
+    hook = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits[:, :-1]))
+    logp = adapter.completion_logprobs(prompts, rows, greedy.tokens)
+    hook.remove()
+    forward = logits[0].float()  # [N, T, V]
+    assert torch.allclose(forward.log_softmax(-1).gather(-1, greedy.tokens.unsqueeze(-1)).squeeze(-1), logp)
+    forward[..., adapter.suppress_ids] = float("-inf")
+    mask = greedy.mask.bool()
+    assert torch.equal(forward.argmax(-1)[mask], greedy.tokens[mask])
+
+
+def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monkeypatch):
+    seen = _spy_visual(adapter, monkeypatch)
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
+    pixels = torch.cat([p.inputs["pixel_values_videos"] for p in prompts])  # [64, D]: 2 prompts x 32 patches
+    rows = [0] * 4 + [1] * 4  # G = 4 completions per prompt
+    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and torch.equal(seen[0], pixels)  # the 2 prompts' pixels, not 8 rows' worth
+    adapter.completion_logprobs(prompts, rows, completions.tokens)
+    assert len(seen) == 2 and torch.equal(seen[1], pixels)
+    assert adapter.vision_encoder_calls == 2
+
+
+def _check_positions(positions: torch.Tensor, attention: torch.Tensor, completion: int) -> None:
+    """Each row holds one 4-frame video block (grid (2, 4, 4): 2 time steps 2 apart, 2x2 merged tokens), the
+    text after it resumes at the block's max + 1, and the last `completion` columns are text that counts on."""
+    for row in range(positions.shape[1]):
+        p = positions[:, row, attention[row].bool()]  # [3, n] real tokens
+        spatial = (p[0] != p[1]) | (p[1] != p[2])  # every video token but the block's first
+        first = int(spatial.nonzero()[0]) - 1
+        s = int(p[0, first])
+        block = torch.tensor([[s] * 4 + [s + 2] * 4, [s, s, s + 1, s + 1] * 2, [s, s + 1, s, s + 1] * 2])
+        assert torch.equal(p[:, first:first + 8], block)
+        assert int(spatial.sum()) == 7  # nothing else is positioned as vision
+        assert p[:, first + 8].tolist() == [s + 3] * 3
+        if completion:
+            tail = p[:, -completion:]
+            start = int(p[:, :-completion].max()) + 1
+            assert torch.equal(tail, torch.arange(start, start + completion).expand(3, -1))
+
+
+def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
+    recipe, tiny_qwen25_vl_dir, synth_records, monkeypatch
+):
+    """Generation, old, reference and policy forwards (T-GRPO, beta > 0, 2 inner updates) all see the video
+    pixels through their own model's vision encoder and [3, N, L] M-RoPE positions."""
+    events: list[tuple] = []
+    visual_forward, lm_forward = qwen25.Qwen2_5_VisionTransformerPretrainedModel.forward, qwen25.Qwen2_5_VLTextModel.forward
+
+    def visual(self, hidden_states, grid_thw=None, **kwargs):
+        events.append(("visual", self, hidden_states.detach().clone()))
+        return visual_forward(self, hidden_states, grid_thw=grid_thw, **kwargs)
+
+    def language(self, *args, **kwargs):
+        events.append(("lm", self, kwargs.get("position_ids"), kwargs["attention_mask"], kwargs["inputs_embeds"].shape))
+        return lm_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(qwen25.Qwen2_5_VisionTransformerPretrainedModel, "forward", visual)
+    monkeypatch.setattr(qwen25.Qwen2_5_VLTextModel, "forward", language)
+    train_rl(recipe("rl.algorithm=tgrpo", "rl.num_iterations=2", "rl.beta=0.04"), quiet=True)
+
+    reference = load_qwen_vl_adapter(tiny_qwen25_vl_dir)
+    encoded = [reference.encode(r, template=TEMPLATE) for r in synth_records]
+    clips = [p.inputs["pixel_values_videos"] for p in encoded]
+    prompt_length = max(p.inputs["input_ids"].shape[1] for p in encoded)
+    full = [i for i, e in enumerate(events) if e[0] == "lm" and e[4][1] > 1]  # prefill and whole-sequence forwards
+    assert len(full) == 5  # generation prefill, old, reference, policy x 2
+    assert sum(e[0] == "visual" for e in events) == 5
+    pairs = set()
+    for n, i in enumerate(full):
+        kind, visual_module, pixels = events[i - 1]
+        _, lm_module, positions, attention, shape = events[i]
+        assert kind == "visual"  # the encoder ran for this very forward
+        pairs.add((visual_module, lm_module))
+        chunks = list(pixels.split(32))  # 32 patches per clip
+        assert len(chunks) == (4 if n == 0 else 2)  # generation adds the 2 shuffled clips after the ordered ones
+        assert all(any(torch.equal(chunk, clip) for chunk in chunks[:2]) for clip in clips)
+        rows = 12 if n == 0 else 8  # 2 prompts x (4 + 2 shuffled) to generate, 2 x 4 to train
+        assert positions is not None and positions.shape == (3, rows, shape[1]) and shape[0] == rows
+        _check_positions(positions, attention, completion=shape[1] - prompt_length)
+    assert len(pairs) == 2  # policy and reference each use their own encoder and language model
+    assert len({v for v, _ in pairs}) == 2 and len({m for _, m in pairs}) == 2
+
+    # decoding steps continue each row's text positions one by one from the prompt's largest position
+    prefill = events[full[0]][2]
+    steps = [e[2] for e in events[full[0] + 1:full[1] - 1] if e[0] == "lm"]
+    assert steps and all(step.shape == (3, 12, 1) for step in steps)
+    for k, step in enumerate(steps, start=1):
+        assert torch.equal(step, prefill.amax(-1, keepdim=True) + k)
+
+
+@torch.no_grad()
+def test_pixels_fps_and_each_models_own_encoder_change_the_log_probs(adapter, synth_records):
+    reference = copy.deepcopy(adapter.model)
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
+    rows = [0, 1]
+    tokens = adapter.tokenize_target("<think>red</think><answer>A</answer>").expand(2, -1)
+
+    def variant(**changes):
+        return [replace(p, inputs={**p.inputs, **{k: f(p.inputs[k]) for k, f in changes.items()}}) for p in prompts]
+
+    inverted = variant(pixel_values_videos=lambda x: -x)
+    slower = variant(second_per_grid_ts=lambda x: 2 * x)  # 1 fps: time step 4 instead of 2
+    for model in (adapter.model, reference):
+        base = adapter.completion_logprobs(prompts, rows, tokens, model=model)
+        assert torch.equal(adapter.completion_logprobs(prompts, rows, tokens, model=model), base)
+        assert (adapter.completion_logprobs(inverted, rows, tokens, model=model) - base).abs().max() > 1e-3
+        assert (adapter.completion_logprobs(slower, rows, tokens, model=model) - base).abs().max() > 1e-3
+    # the reference forward encodes the video with the reference model's own vision tower
+    policy = adapter.completion_logprobs(prompts, rows, tokens)
+    assert torch.equal(adapter.completion_logprobs(prompts, rows, tokens, model=reference), policy)
+    reference.model.visual.merger.mlp[2].weight.mul_(3.0)
+    assert (adapter.completion_logprobs(prompts, rows, tokens, model=reference) - policy).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("do_sample", [True, False], ids=["sampled", "greedy"])
+def test_vision_special_tokens_are_never_generated(adapter, synth_records, do_sample):
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
+    rows = [0, 0, 1, 1]
+    hook = _bias_logits(adapter, adapter.suppress_ids)  # the model now prefers vision tokens by far
+    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=5, do_sample=do_sample),
+                                   generator=torch.Generator().manual_seed(0))
+    logits: list[torch.Tensor] = []
+    probe = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits))
+    adapter.completion_logprobs(prompts, rows, completions.tokens)
+    hook.remove(), probe.remove()
+    assert set(logits[0].argmax(-1).flatten().tolist()) <= set(adapter.suppress_ids)  # unsuppressed, they'd win
+    assert not torch.isin(completions.tokens, torch.tensor(adapter.suppress_ids)).any()
+    assert completions.tokens.shape == (4, 5)
+
+
+def test_completion_mask_runs_up_to_and_including_eos():
+    eos, pad, vocab = 5, 0, 8
+    script = [[1, 2, eos, 3, 3], [eos, 1, 1, 1, 1], [1, 2, 3, 4, 1]]  # the token each row prefers at each step
+    t = -1
+
+    def step(tokens):
+        nonlocal t
+        t += 1
+        return torch.nn.functional.one_hot(torch.tensor([row[t] for row in script]), vocab).float() * 10
+
+    out = sample_completions(step, 3, Decoding(max_new_tokens=4, do_sample=False), eos_ids=[eos], pad_id=pad)
+    assert out.tokens.tolist() == [[1, 2, eos, pad], [eos, pad, pad, pad], [1, 2, 3, 4]]
+    assert out.mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert out.lengths.tolist() == [3, 1, 4]
+
+
+def test_generation_stops_at_eos_and_decode_drops_it(adapter, synth_records):
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
+    hook = _bias_logits(adapter, [adapter.end_of_turn_id])
+    completions = adapter.generate(prompts, [0, 1], Decoding(max_new_tokens=5), generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert completions.tokens.tolist() == [[adapter.end_of_turn_id]] * 2  # all rows done: the loop stops
+    assert completions.mask.tolist() == [[1.0]] * 2  # the EOS token is part of the completion
+    assert adapter.decode(completions) == ["", ""]
+
+
+@pytest.fixture
+def index_clip(tmp_path):
+    """A record over a 4-frame clip whose frames are all different (grey level = 4 * index)."""
+    write_video(tmp_path / "clip.mp4", index_frames(4, size=56), fps=2)
+    row = {"problem_id": 0, "problem": "Which came first?", "data_type": "video", "path": "clip.mp4",
+           "problem_type": "multiple choice", "options": ["A. dark", "B. light"], "solution": "<answer>A</answer>"}
+    (tmp_path / "clip.json").write_text(json.dumps([row]))
+    return load_records(tmp_path / "clip.json")[0]
+
+
+def test_frame_orders(adapter, index_clip):
+    decoded = sample_frames(index_clip.media[0])
+    assert len(decoded.frames) == 4 and decoded.fps == 2.0
+
+    def pixels(frames: np.ndarray) -> torch.Tensor:
+        return adapter.processor.process_video(frames, decoded.fps)[0]
+
+    ordered = adapter.encode(index_clip, template=TEMPLATE)
+    assert torch.equal(ordered.inputs["pixel_values_videos"], pixels(decoded.frames))
+    shuffled = adapter.encode(index_clip, template=TEMPLATE, frame_order="shuffled", seed=3)
+    perm = shuffled.meta["permutation"]
+    assert sorted(perm) == [0, 1, 2, 3] and perm != [0, 1, 2, 3]
+    assert torch.equal(shuffled.inputs["pixel_values_videos"], pixels(decoded.frames[perm]))
+    assert adapter.encode(index_clip, template=TEMPLATE, frame_order="shuffled", seed=3).meta["permutation"] == perm
+    reversed_ = adapter.encode(index_clip, template=TEMPLATE, frame_order="reversed")
+    assert torch.equal(reversed_.inputs["pixel_values_videos"], pixels(decoded.frames[::-1].copy()))
+    for encoded in (shuffled, reversed_):  # same prompt, same grid, same time step
+        assert torch.equal(encoded.inputs["input_ids"], ordered.inputs["input_ids"])
+        assert torch.equal(encoded.inputs["second_per_grid_ts"], ordered.inputs["second_per_grid_ts"])
+    with pytest.raises(ConfigError, match="sideways"):
+        adapter.encode(index_clip, template=TEMPLATE, frame_order="sideways")
+
+
+def test_mixed_image_video_and_text_batch(adapter, mixed_records, monkeypatch):
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in mixed_records]
+    assert [("pixel_values_videos" in p.inputs, "pixel_values" in p.inputs) for p in prompts] == [
+        (True, False), (False, True), (False, False)]
+    seen = _spy_visual(adapter, monkeypatch)
+    rows = [0, 0, 1, 1, 2, 2]
+    greedy = Decoding(max_new_tokens=5, do_sample=False)
+    batch = adapter.generate(prompts, rows, greedy)
+    assert len(seen) == 2  # one encoder call per medium kind: the image, then the video
+    logp = adapter.completion_logprobs(prompts, rows, batch.tokens)
+    for i, prompt in enumerate(prompts):  # batching changes nothing: each prompt alone gives the same
+        alone = adapter.generate([prompt], [0, 0], greedy)
+        width = alone.tokens.shape[1]
+        assert torch.equal(batch.tokens[2 * i:2 * i + 2, :width], alone.tokens)
+        assert torch.allclose(logp[2 * i:2 * i + 2, :width], adapter.completion_logprobs([prompt], [0, 0], alone.tokens),
+                              atol=1e-4)
