@@ -283,3 +283,27 @@ def test_permute_frames():
             order = permute_frames(np.arange(num), seed)[1]
             assert not np.array_equal(order, np.arange(num))
     assert permute_frames(np.arange(1), seed=0)[1].tolist() == [0]
+
+
+def test_frame_folder_is_sampled_like_a_video(tmp_path):
+    """MVBench's episodic_reasoning clips are folders of JPEG/PNG frames at 3 fps."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(12):  # frame i has grey level 20 * i
+        Image.fromarray(np.full((28, 28, 3), 20 * i, dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    verify_media(folder, "video")
+    sampled = sample_frames(folder, rule="qwen", fps=1.5, max_frames=16)
+    # 12 frames at 3 fps = 4 s; 4 s * 1.5 fps = 6 frames at round(linspace(0, 11, 6))
+    assert sampled.indices.tolist() == [0, 2, 4, 7, 9, 11]
+    assert [int(f[0, 0, 0]) for f in sampled.frames] == [0, 40, 80, 140, 180, 220]
+    assert sampled.fps == pytest.approx(6 / 12 * 3.0)
+    bounded = sample_frames(folder, rule="uniform", num_frames=3, start=1.0, end=3.0)
+    assert bounded.indices.tolist() == [3, 6, 9]
+
+
+def test_empty_frame_folder_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoDecodeError, match="no .* images"):
+        sample_frames(tmp_path / "empty")
+    with pytest.raises(VideoDecodeError):
+        verify_media(tmp_path / "empty", "video")

@@ -35,6 +35,14 @@ def _model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_convert(args: argparse.Namespace) -> int:
+    from framethink.models.tinyllava_convert import convert_released_checkpoint
+
+    out = convert_released_checkpoint(args.src, args.out, tokenizer_path=args.tokenizer)
+    print(f"wrote {args.src} in framethink's layout to {out}")
+    return 0
+
+
 def _eval_run(args: argparse.Namespace) -> int:
     from framethink.config import EvalConfig, load_config
     from framethink.eval.benchmarks import load_benchmarks
@@ -106,10 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("tiny", help="write a randomly initialised tiny checkpoint in the real layout")
-    tiny.add_argument("--arch", required=True, choices=["qwen2.5-vl", "qwen2-vl"])
+    tiny.add_argument("--arch", required=True, choices=["qwen2.5-vl", "qwen2-vl", "tinyllava-video"])
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_model_tiny)
+    convert = model.add_parser("convert", help="rewrite a released TinyLLaVA-Video checkpoint in framethink's layout")
+    convert.add_argument("src", type=Path, help="released checkpoint folder (config.json model_type 'tinyllava')")
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--tokenizer", type=Path, default=None,
+                         help="tokenizer folder, for a checkpoint saved without tokenizer files")
+    convert.set_defaults(func=_model_convert)
 
     evaluation = commands.add_parser("eval", help="benchmark evaluation").add_subparsers(dest="eval_command", required=True)
     run = evaluation.add_parser("run", help="evaluate a model on benchmarks (resumable); writes OUT/<frame order>/ and OUT/report.*")
@@ -151,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, default=None, help="start from this checkpoint instead of a tiny random one")
     demo.add_argument("--arch", default="qwen2.5-vl", help="architecture of the tiny model")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--recipe", type=Path, default=None, help="demo recipe (default: recipes/demo.yaml)")
+    demo.add_argument("--recipe", type=Path, default=None,
+                      help="demo recipe (default: recipes/demo.yaml; recipes/demo-tinyllava.yaml for tinyllava-video)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     demo.set_defaults(func=_demo)
     return parser

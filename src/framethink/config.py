@@ -7,6 +7,8 @@ saved next to its outputs (`config.yaml`), and loading that file alone reproduce
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,20 @@ from typing import Any
 import yaml
 
 from framethink.errors import ConfigError
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-3` as the number it is (YAML 1.1 wants `1.0e-3`; `optim.lr=1e-6`
+    would otherwise be the string '1e-6')."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YAMLLoader)
 
 
 @dataclass
@@ -200,7 +216,7 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = _parse_yaml(raw)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -210,7 +226,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _parse_yaml(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path}: the top level must be a mapping")
     for override in overrides:
@@ -226,7 +242,9 @@ _CHOICES = {
     "rl.algorithm": ("grpo", "tgrpo"),
     "rl.normalization": ("sequence", "constant", "token"),
     "optim.schedule": ("cosine", "constant"),
+    "sft.answer": ("gold", "mask", "random"),
 }
+REPORT_BACKENDS = ("tensorboard", "wandb", "none")
 
 
 def validate(config: TrainConfig) -> None:
@@ -243,10 +261,21 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("rl.num_shuffled: T-GRPO needs at least 1 shuffled completion")
     if rl.beta < 0:
         raise ConfigError("rl.beta: must be >= 0")
+    for backend in config.run.report_to:
+        if backend not in REPORT_BACKENDS:
+            raise ConfigError(f"run.report_to: {backend!r} is not one of {', '.join(REPORT_BACKENDS)}")
+    from framethink.data.prompts import get_template
     from framethink.rewards import get_reward
 
-    for spec in rl.rewards:
-        get_reward(spec.name)
+    try:
+        get_template(config.data.template)
+    except ConfigError as err:
+        raise ConfigError(f"data.template: {err}") from None
+    for i, spec in enumerate(rl.rewards):
+        try:
+            inspect.signature(get_reward(spec.name)).bind(None, **spec.params)  # None: the completion group
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"rl.rewards[{i}] ({spec.name}): {err}") from None
 
 
 def to_dict(config: TrainConfig) -> dict:

@@ -22,6 +22,7 @@ from framethink.config import TrainConfig, apply_override, from_dict, save_confi
 from framethink.errors import ConfigError
 
 RECIPES = Path(__file__).parent / "recipes"
+ARCH_RECIPES = {"tinyllava-video": "demo-tinyllava.yaml"}  # the default recipe of each other architecture
 STAGES = ("untrained", "sft", "rl")
 ORDERS = ("ordered", "shuffled", "reversed")
 
@@ -121,6 +122,7 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     from framethink.rl.trainer import train_rl
     from framethink.sft.trainer import train_sft
 
+    recipe = recipe or RECIPES / ARCH_RECIPES.get(arch, "demo.yaml")
     config = load_demo_config(recipe, list(overrides))  # a recipe typo fails here, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

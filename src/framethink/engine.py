@@ -106,6 +106,17 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def mean_over_processes(metrics: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+    """Each metric averaged over processes in ONE collective; NaN entries (e.g. the temporal statistics of a
+    process whose batch holds no video) are left out of the mean, and a metric NaN everywhere is dropped.
+    Every process must report the same keys."""
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)  # [K]
+    values = accelerator.gather(values).view(-1, len(keys)).cpu()  # [world, K]
+    means = values.nanmean(0).tolist()
+    return {k: v for k, v in zip(keys, means) if not math.isnan(v)}
+
+
 # ---------------------------------------------------------------------------- checkpoints
 CHECKPOINT_PREFIX = "step-"
 

@@ -67,8 +67,12 @@ def sample_frames(
     num_frames: int = 16,
     start: float | None = None,
     end: float | None = None,
+    folder_fps: float = 3.0,
 ) -> SampledFrames:
     """Decode the frames a model sees from one video (SPEC 2.1).
+
+    `path` is a video file or a folder of frame images (sorted by name) recorded at `folder_fps`, as
+    MVBench's episodic_reasoning clips are (3 fps).
 
     rule "qwen" (Video-R1): `smart_nframes` frames at `fps`, bounded by min/max_frames, at
     round(linspace(first, last, n)). rule "uniform" (TinyLLaVA-Video): exactly `num_frames` frames at
@@ -83,7 +87,8 @@ def sample_frames(
     if rule == "uniform" and num_frames < 1:
         raise ConfigError(f"uniform sampling needs num_frames >= 1, got {num_frames}")
     path = Path(path)
-    total, video_fps = _probe(path)
+    folder = _frame_files(path) if path.is_dir() else None
+    total, video_fps = (len(folder), folder_fps) if folder is not None else _probe(path)
     first, last = _frame_range(path, total, video_fps, start, end)
     count = last - first + 1
     if rule == "qwen":
@@ -93,7 +98,10 @@ def sample_frames(
         indices = np.round(np.linspace(first, last, nframes)).astype(np.int64)
     else:
         indices = np.linspace(first, last, num_frames, dtype=np.int64)
-    frames = _decode(path, indices, video_fps, total, seek=first > 0)
+    if folder is not None:
+        frames = np.stack([load_image(folder[i]).frames[0] for i in indices.tolist()])
+    else:
+        frames = _decode(path, indices, video_fps, total, seek=first > 0)
     return SampledFrames(
         frames=frames,
         fps=len(indices) / count * video_fps,
@@ -132,6 +140,9 @@ def verify_media(path: str | Path, kind: str) -> None:
     if kind != "video":
         raise ValueError(f"media kind must be 'image' or 'video', got {kind!r}")
     path = Path(path)
+    if path.is_dir():  # a frame folder: its first image must decode
+        load_image(_frame_files(path)[0])
+        return
     _probe(path)
     with _decode_errors(path), av.open(str(path)) as container:
         if next(container.decode(container.streams.video[0]), None) is None:
@@ -186,6 +197,17 @@ def _decode_errors(path: Path) -> Iterator[None]:
         yield
     except av.FFmpegError as err:
         raise VideoDecodeError(path, f"cannot decode video: {err}") from err
+
+
+FRAME_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """The frame images of a frame folder, in name order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_IMAGE_SUFFIXES)
+    if not files:
+        raise VideoDecodeError(folder, f"frame folder holds no {'/'.join(FRAME_IMAGE_SUFFIXES)} images")
+    return files
 
 
 def _probe(path: Path) -> tuple[int, float]:

@@ -41,15 +41,49 @@ class EncodedPrompt:
 
 
 class PolicyAdapter(Protocol):
-    """What every model type provides. See `framethink.models.qwen_vl` for the Qwen-VL one."""
+    """What every model type provides; the trainer, SFT and evaluation use nothing else.
+    See `framethink.models.qwen_vl.QwenVLAdapter` for the reference implementation.
+
+    Rows: a batch of N sequences where row i continues prompt `row_prompt[i]`; each prompt's vision input is
+    encoded once and shared by all its rows.
+    """
 
     name: str
     default_template: str
+    model: Any  # the policy (a PreTrainedModel)
+    tokenizer: Any
+    frames: Any  # the frame rule clips are sampled with (recorded in exported models)
+    pad_id: int
+    eos_ids: list[int]
+    end_of_turn_id: int  # appended to SFT targets
 
     def encode(self, record: Record, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
         """Decode the record's media in the given frame order and build the prompt inputs."""
         ...
 
+    def generate(self, prompts: list[EncodedPrompt], row_prompt: list[int], decoding: Decoding, *,
+                 generator: torch.Generator | None = None) -> Any:
+        """Sample one completion per row in ONE batched call -> `framethink.models.sampling.Completions`."""
+        ...
+
+    def decode(self, completions: Any) -> list[str]:
+        """Completion texts cut at EOS."""
+        ...
+
     def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
         """One completion per prompt, from one batched generate call; returns the decoded texts."""
+        ...
+
+    def completion_logprobs(self, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor,
+                            *, model: Any = None) -> torch.Tensor:
+        """Log-probs [N, T] of completion_ids [N, T] under `model` (default: the policy), with the full
+        multimodal inputs."""
+        ...
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """{"vision": [...], "connector": [...], "lm": [...]} for the freeze switches."""
+        ...
+
+    def save_pretrained(self, out: Any) -> None:
+        """Model, tokenizer and processor files in a layout `load_adapter` reads back."""
         ...

@@ -111,6 +111,7 @@ class QwenVLAdapter:
             lambda: sample_frames(
                 path, rule=rule.rule, fps=rule.fps, min_frames=rule.min_frames, max_frames=rule.max_frames,
                 num_frames=rule.num_frames, start=record.start, end=record.end,
+                folder_fps=record.extra.get("fps", 3.0),  # frame folders (MVBench) carry their rate
             ),
         )
 

@@ -1,4 +1,5 @@
-"""Load the policy adapter for any checkpoint framethink knows, chosen by its config.json.
+"""Load the policy adapter for any checkpoint framethink knows, chosen by its config.json `model_type`:
+Qwen2-VL / Qwen2.5-VL, or TinyLLaVA-Video in framethink's layout or the released one.
 
 A model exported by framethink also carries `framethink.json`: the prompt template, system message and
 frame rule it was trained with, so that evaluation uses them by default (SPEC 3: a model trained on a
@@ -14,8 +15,12 @@ import torch
 
 from framethink.errors import ConfigError
 from framethink.models.qwen_vl import FrameRule, load_qwen_vl_adapter
+from framethink.models.tinyllava import TinyLlavaVideoConfig
+from framethink.models.tinyllava_adapter import TINYLLAVA_FRAMES, load_tinyllava_adapter
+from framethink.models.tinyllava_convert import RELEASED_MODEL_TYPE
 
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl")
+TINYLLAVA_TYPES = (TinyLlavaVideoConfig.model_type, RELEASED_MODEL_TYPE)
 TRAINING_FILE = "framethink.json"
 
 
@@ -63,24 +68,31 @@ def load_adapter(
     """The adapter for the checkpoint at `path`.
 
     Unset arguments fall back to what the checkpoint says: its `framethink.json` (template, system, frame rule)
-    and its processor configs (pixel bounds). `num_frames` caps the frames per clip (evaluation's --frames);
-    `max_pixels` bounds each video frame.
+    and its processor configs (pixel bounds), then to the model type's defaults (Qwen-VL: the fps rule;
+    TinyLLaVA-Video: 16 uniform frames). `num_frames` caps the frames per clip (evaluation's --frames);
+    `max_pixels` bounds each video frame. The pixel bounds are Qwen-VL's smart resize (SPEC 2.2):
+    TinyLLaVA-Video always resizes frames to its SigLIP image size (SPEC 2.3).
     """
     trained = read_training_settings(path)
-    frames = frames or trained.get("frames") or FrameRule()
+    model_type = checkpoint_type(path)
+    frames = frames or trained.get("frames") or (TINYLLAVA_FRAMES if model_type in TINYLLAVA_TYPES else FrameRule())
     if num_frames is not None:
         frames = replace(frames, max_frames=num_frames, num_frames=num_frames)
-    model_type = checkpoint_type(path)
-    if model_type in QWEN_TYPES:
+    system = system if system is not None else trained.get("system")
+    if model_type in TINYLLAVA_TYPES:
+        adapter = load_tinyllava_adapter(
+            path, frames=frames, dtype=dtype, device=device, system=system, frame_cache_size=frame_cache_size,
+        )
+    elif model_type in QWEN_TYPES:
         bounds = dict(video_max_pixels=max_pixels, video_min_pixels=video_min_pixels,
                       image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels)
         adapter = load_qwen_vl_adapter(
             path, frames=frames, vision_overrides={k: v for k, v in bounds.items() if v is not None}, dtype=dtype,
-            device=device, system=system if system is not None else trained.get("system"),
-            frame_cache_size=frame_cache_size,
+            device=device, system=system, frame_cache_size=frame_cache_size,
         )
     else:
-        raise ConfigError(f"{path}: model_type {model_type!r} is not supported (known: {', '.join(QWEN_TYPES)})")
+        known = ", ".join(QWEN_TYPES + TINYLLAVA_TYPES)
+        raise ConfigError(f"{path}: model_type {model_type!r} is not supported (known: {known})")
     if template is not None or "template" in trained:
         adapter.default_template = template or trained["template"]
     return adapter

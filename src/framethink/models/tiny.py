@@ -1,10 +1,11 @@
-"""Tiny randomly initialised Qwen2-VL / Qwen2.5-VL checkpoints, built offline.
+"""Tiny randomly initialised Qwen2-VL / Qwen2.5-VL / TinyLLaVA-Video checkpoints, built offline.
 
 A tiny checkpoint has a real one's directory layout (config.json with the real model_type and
 architectures, model.safetensors, generation_config.json, tokenizer files with the chat template,
 preprocessor_config.json and video_preprocessor_config.json), so every code path that loads a real
 checkpoint loads it too. The default sizes are the learnable demo model of ENVIRONMENT.md
 (text hidden 128, 4 layers, 4 heads / 2 KV heads, FFN 512; vision hidden 64, depth 2; ~1.5 M parameters).
+A tiny TinyLLaVA-Video has the fixed sizes of `framethink.models.tinyllava_convert.build_tiny_tinyllava`.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from transformers import (
 
 from framethink.errors import ConfigError
 from framethink.models.qwen_vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from framethink.models.tinyllava_convert import build_tiny_tinyllava
 from framethink.models.tokenizer import build_offline_tokenizer
 
-TINY_ARCHS = ("qwen2.5-vl", "qwen2-vl")
+TINY_ARCHS = ("qwen2.5-vl", "qwen2-vl", "tinyllava-video")
 # Pixel budgets for 56x56 clips: a 56x56 frame (= 4*28*28 pixels) keeps its size; images may reach 112x112,
 # video frames stay at 4*28*28 pixels (4 merged tokens per 2-frame tubelet).
 TINY_IMAGE_PIXELS = (4 * 28 * 28, 16 * 28 * 28)
@@ -62,13 +64,19 @@ def mrope_section(head_dim: int) -> list[int]:
 
 
 def build_tiny(arch: str, out: Path, *, seed: int = 0, **size_overrides: Any) -> Path:
-    """Write a randomly initialised tiny `arch` checkpoint ("qwen2.5-vl" or "qwen2-vl") into `out`.
+    """Write a randomly initialised tiny `arch` checkpoint ("qwen2.5-vl", "qwen2-vl" or "tinyllava-video")
+    into `out`.
 
-    `size_overrides` are `TinySizes` fields, e.g. `hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-    vision_hidden_size=32` for a ~0.2 M-parameter model. The same seed gives the same weights. Returns `out`.
+    `size_overrides` are `TinySizes` fields (Qwen-VL only), e.g. `hidden_size=64, num_hidden_layers=2,
+    intermediate_size=128, vision_hidden_size=32` for a ~0.2 M-parameter model. The same seed gives the same
+    weights. Returns `out`.
     """
     if arch not in TINY_ARCHS:
         raise ConfigError(f"unknown tiny architecture '{arch}'; known: {', '.join(TINY_ARCHS)}")
+    if arch == "tinyllava-video":
+        if size_overrides:
+            raise ConfigError(f"tiny tinyllava-video has fixed sizes; got overrides {sorted(size_overrides)}")
+        return build_tiny_tinyllava(out, seed=seed)
     known = {f.name for f in fields(TinySizes)}
     if unknown := sorted(set(size_overrides) - known):
         raise ConfigError(f"unknown tiny size override(s) {unknown}; known: {sorted(known)}")

@@ -98,10 +98,11 @@ def collect_rollout(
                                strict=rl.temporal_strict)
         rewards = rewards + bonus.bonus  # [B, G]
         videos = torch.tensor(is_video)
-        if videos.any():
-            metrics["temporal/p"] = bonus.p[videos].mean().item()
-            metrics["temporal/p_shuffled"] = bonus.p_shuffled[videos].mean().item()
-            metrics["temporal/bonus_rate"] = bonus.applied[videos].float().mean().item()
+        # NaN when the batch holds no video: every process reports the same keys (the trainer averages them
+        # over processes in one collective, leaving NaN out)
+        metrics["temporal/p"] = bonus.p[videos].mean().item()
+        metrics["temporal/p_shuffled"] = bonus.p_shuffled[videos].mean().item()
+        metrics["temporal/bonus_rate"] = bonus.applied[videos].float().mean().item()
     advantages = group_advantages(rewards, scale_by_std=rl.scale_by_std, eps=rl.advantage_eps,
                                   noise_std=rl.advantage_noise, generator=generator)  # [B, G]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from framethink.config import TrainConfig
+from framethink.config import TrainConfig, validate
 from framethink.data.records import load_records
 from framethink.engine import (
     DTYPES, RunLogger, apply_lora, average_gradients, batch_indices, build_optimizer, build_scheduler,
-    latest_checkpoint, load_checkpoint, make_accelerator, prepare_run_dir, save_checkpoint, seed_everything,
-    set_trainable,
+    latest_checkpoint, load_checkpoint, make_accelerator, mean_over_processes, prepare_run_dir, save_checkpoint,
+    seed_everything, set_trainable,
 )
 from framethink.models.qwen_vl import FrameRule
 from framethink.models.registry import load_adapter, write_training_settings
@@ -89,6 +89,7 @@ def reference_logprobs(adapter, rollout: Rollout, model) -> torch.Tensor:
 
 def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
     """Run the recipe; returns the directory of the exported final model."""
+    validate(config)  # a config built in code gets the checks load_config makes, before any model loads
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(config.run.seed + rank)
@@ -128,8 +129,7 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
 
         metrics = {**rollout.metrics, **{f"loss/{k}": v for k, v in diag.items()},
                    "time/rollout": t1 - t0, "time/reference": t2 - t1, "time/update": t3 - t2}
-        metrics = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item()
-                   for k, v in sorted(metrics.items())}
+        metrics = mean_over_processes(metrics, accelerator)
         if (step + 1) % config.run.log_every == 0:
             logger.log(step + 1, metrics)
         if config.run.sample_every and (step + 1) % config.run.sample_every == 0:

@@ -19,18 +19,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from framethink.config import TrainConfig
+from framethink.config import TrainConfig, validate
 from framethink.data.prompts import sft_target
 from framethink.data.records import Record, load_records
 from framethink.engine import (
     RunLogger, average_gradients, batch_indices, build_optimizer, build_scheduler, latest_checkpoint,
-    load_checkpoint, make_accelerator, prepare_run_dir, save_checkpoint, seed_everything,
+    load_checkpoint, make_accelerator, mean_over_processes, prepare_run_dir, save_checkpoint, seed_everything,
 )
 from framethink.errors import ConfigError
 from framethink.rl.trainer import build_adapter, export_model, trainable_parameters
 
 ANSWER = re.compile(r"(<answer>\s*)(.*?)(\s*</answer>)", re.DOTALL)
-ANSWER_MODES = ("gold", "mask", "random")
 
 
 @dataclass
@@ -74,8 +73,7 @@ def sft_loss(adapter, prompts, targets: list[Target]) -> torch.Tensor:
 
 def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
     """Run the SFT recipe; returns the directory of the exported final model."""
-    if config.sft.answer not in ANSWER_MODES:
-        raise ConfigError(f"sft.answer: {config.sft.answer!r} is not one of {', '.join(ANSWER_MODES)}")
+    validate(config)  # a config built in code gets the checks load_config makes, before any model loads
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(config.run.seed + rank)
@@ -120,7 +118,7 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
         scheduler.step()
         metrics = {"loss/sft": total, "loss/grad_norm": grad_norm, "loss/lr": scheduler.get_last_lr()[0],
                    "time/update": time.perf_counter() - t0}
-        metrics = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item() for k, v in metrics.items()}
+        metrics = mean_over_processes(metrics, accelerator)
         if (step + 1) % config.run.log_every == 0:
             logger.log(step + 1, metrics)
         bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")

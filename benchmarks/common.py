@@ -1,0 +1,200 @@
+"""Shared set-up of the benchmark scripts: threads, tiny checkpoints, synthetic records, timing and one
+framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed.
+
+Every script prints one JSON object (settings, min/median/max seconds, ratios) and a short table; the numbers
+in BENCHMARKS.md are copied from those outputs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from framethink.config import TrainConfig, load_config
+from framethink.data.records import Record, load_records
+from framethink.data.synth import write_synthetic_dataset
+from framethink.engine import build_optimizer, build_scheduler
+from framethink.rl.rollout import Rollout, collect_rollout
+from framethink.rl.trainer import build_adapter, policy_update, reference_logprobs, trainable_parameters
+
+from benchmarks.prototypes import convert
+
+
+def limit_threads(threads: int = 1) -> None:
+    """One intra-op thread: the machine is shared, and ratios taken side by side stay fair."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+CLOCK_NOTE = ("cpu = CPU seconds of the process (time.process_time): with one thread it is the work done, unaffected "
+              "by other jobs waiting for the shared cores; wall = time.perf_counter")
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    """min / median / max of repeated timings."""
+    return {"min": min(seconds), "median": statistics.median(seconds), "max": max(seconds), "n": len(seconds)}
+
+
+def timed(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def print_result(name: str, result: dict) -> None:
+    """The JSON line BENCHMARKS.md quotes, after a marker line."""
+    print(f"== {name}")
+    print(json.dumps(result, indent=1, default=float))
+
+
+# ---------------------------------------------------------------------------- data
+def write_image_records(out: Path, n: int, *, size: int = 112, seed: int = 0) -> Path:
+    """`n` random-noise PNG images of `size` x `size` and multiple-choice Video-R1 records (SPEC 1.1) about them."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out / f"{i}.png")
+        rows.append({"problem_id": i, "problem": "Which colour covers most of the picture?", "data_type": "image",
+                     "problem_type": "multiple choice", "options": ["A. red", "B. green", "C. blue", "D. grey"],
+                     "solution": "<answer>D</answer>", "path": f"{i}.png"})
+    (out / "train.json").write_text(json.dumps(rows))
+    return out / "train.json"
+
+
+def write_video_records(out: Path, n: int, *, num_frames: int, size: int, seed: int = 0) -> Path:
+    """`n` synthetic temporal clips ("which colour came first", `num_frames` frames at 2 fps, `size` px)."""
+    write_synthetic_dataset(out, n_train=n, n_test=0, seed=seed, num_frames=num_frames, size=size,
+                            tasks=["color_first"])
+    return out / "train.json"
+
+
+def rl_config(model_dir: Path, train_file: Path, *overrides: str) -> TrainConfig:
+    """A recipe for benchmark steps: no logging, no checkpoints; `overrides` are `key=value` strings."""
+    base = [f"model.path={model_dir}", f"data.train_file={train_file}", "run.report_to=[none]",
+            "run.save_every=0", "run.sample_every=0", "rl.top_p=1.0"]
+    return load_config(None, [*base, *overrides])
+
+
+# ---------------------------------------------------------------------------- one framethink step
+@dataclass
+class StepTimes:
+    """Seconds spent in each phase of one RL step."""
+
+    generate: float  # adapter.generate: prefill + sampling of every row (ordered and shuffled)
+    rollout: float  # collect_rollout in all: encode + generate + rewards + advantages
+    reference: float  # reference (and old-policy) log-probs
+    update: float  # policy forward, loss, backward, optimiser step
+    vision_calls: int  # vision-encoder calls during the step (policy and reference model)
+    rows: int  # completions sampled, ordered + shuffled
+    completion_tokens: int  # sampled tokens of all rows, up to EOS
+    cpu: float  # CPU seconds of the process over the whole step (see `clock`)
+
+    @property
+    def total(self) -> float:
+        return self.rollout + self.reference + self.update
+
+
+@dataclass
+class FramethinkRun:
+    """The trainer's state for `train_rl`'s step body: adapter, reference model, optimiser, schedule, RNG."""
+
+    config: TrainConfig
+    records: list[Record]
+    adapter: object = None
+    ref_model: torch.nn.Module | None = None
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    generator: torch.Generator | None = None
+    last_rollout: Rollout | None = None
+
+    @classmethod
+    def build(cls, config: TrainConfig, adapter_cls: type | None = None) -> FramethinkRun:
+        """The trainer's state as `train_rl` builds it; `adapter_cls` swaps in a prototype adapter class."""
+        torch.manual_seed(config.run.seed)
+        run = cls(config=config, records=load_records(config.data.train_file, root=config.data.root))
+        run.adapter = build_adapter(config, "cpu")
+        if adapter_cls is not None:
+            run.adapter = convert(run.adapter, adapter_cls)
+        run.ref_model = copy.deepcopy(run.adapter.model).eval().requires_grad_(False) if config.rl.beta > 0 else None
+        run.params, _ = trainable_parameters(run.adapter, config)
+        run.optimizer = build_optimizer(run.params, config.optim)
+        run.scheduler = build_scheduler(run.optimizer, config.optim, config.run.max_steps)
+        run.generator = torch.Generator().manual_seed(config.run.seed)
+        return run
+
+    def batch(self, step: int) -> list[Record]:
+        b = self.config.optim.prompts_per_step
+        return [self.records[(step * b + i) % len(self.records)] for i in range(b)]
+
+    def step(self, step: int) -> StepTimes:
+        """One step as `train_rl` runs it: rollout, reference log-probs, policy update."""
+        config, adapter = self.config, self.adapter
+        with count_vision_calls(adapter.model, self.ref_model) as calls, time_method(adapter, "generate") as gen:
+            c0, t0 = time.process_time(), time.perf_counter()
+            adapter.model.eval()
+            rollout = collect_rollout(adapter, self.batch(step), config.rl, template=config.data.template,
+                                      seed=config.run.seed * 1_000_003 + step, generator=self.generator)
+            t1 = time.perf_counter()
+            if config.rl.num_iterations > 1:
+                rollout.old_logp = reference_logprobs(adapter, rollout, adapter.model)
+            if self.ref_model is not None:
+                rollout.ref_logp = reference_logprobs(adapter, rollout, self.ref_model)
+            t2 = time.perf_counter()
+            adapter.model.train()
+            policy_update(adapter, rollout, config, self.ref_model, self.optimizer, self.scheduler, self.params)
+            t3, c3 = time.perf_counter(), time.process_time()
+        self.last_rollout = rollout
+        return StepTimes(generate=gen[0], rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
+                         rows=gen[1], completion_tokens=gen[2], cpu=c3 - c0)
+
+
+@contextmanager
+def count_vision_calls(*models: torch.nn.Module | None) -> Iterator[list[int]]:
+    """Counts forward calls of each model's vision encoder (`model.model.visual`) while inside: `[calls]`."""
+    count = [0]
+    hooks = [m.model.visual.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+             for m in models if m is not None]
+    try:
+        yield count
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextmanager
+def time_method(adapter, name: str) -> Iterator[list]:
+    """Wraps `adapter.<name>` (a generate method) while inside: `[seconds, rows, tokens]` summed over calls."""
+    original = getattr(adapter, name)
+    acc = [0.0, 0, 0]
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        acc[0] += time.perf_counter() - t0
+        acc[1] += out.tokens.shape[0]
+        acc[2] += int(out.mask.sum().item())
+        return out
+
+    setattr(adapter, name, wrapper)
+    try:
+        yield acc
+    finally:
+        delattr(adapter, name)  # the instance attribute goes; the class method shows through again

@@ -1,0 +1,247 @@
+"""Policy adapter for TinyLLaVA-Video (SPEC 2.3), behind the same interface as Qwen-VL.
+
+A prompt is the `qwen2_base` text "{system}USER: <image>\\n{question} ASSISTANT:" with one placeholder id
+(-200) where the video goes. Frames come from the uniform rule (16 by default), resized square to the SigLIP
+image size and normalised, without torchvision. The adapter builds every row's embeddings itself:
+  - the vision tower and connector run once per prompt batch (one call per distinct frame count, one in
+    practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt;
+  - rows are left-padded `[pad, text before, video, text after, completion]`; the model's forward numbers
+    positions by the attended tokens, so the prefill, every cached step and the full forward agree.
+An image is a one-frame clip; a text-only record has no placeholder and no video.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from framethink.data.cache import LRUCache
+from framethink.data.prompts import format_question
+from framethink.data.records import Record
+from framethink.data.video import SampledFrames, load_image, permute_frames, sample_frames
+from framethink.errors import ConfigError
+from framethink.models.adapter import FRAME_ORDERS, Decoding, EncodedPrompt
+from framethink.models.qwen_vl import FrameRule
+from framethink.models.sampling import Completions, sample_completions
+from framethink.models.siglip_frames import preprocess_siglip_frames
+from framethink.models.tinyllava import (
+    TINYLLAVA_SYSTEM,
+    VIDEO_PLACEHOLDER,
+    TinyLlavaVideoForConditionalGeneration,
+    build_tinyllava_prompt_ids,
+    tinyllava_prompt,
+)
+from framethink.models.tinyllava_convert import load_tinyllava
+
+TINYLLAVA_FRAMES = FrameRule(rule="uniform", num_frames=16)  # SPEC 2.1: exactly 16 uniform frames
+
+
+class TinyLlavaAdapter:
+    """TinyLLaVA-Video (SigLIP, resampler connector, Qwen2 base LM) behind the `PolicyAdapter` interface."""
+
+    default_template = "tinyllava-r1"
+
+    def __init__(
+        self,
+        model: TinyLlavaVideoForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        frames: FrameRule = TINYLLAVA_FRAMES,
+        system: str | None = None,
+        frame_cache_size: int = 256,
+        name: str = "",
+    ) -> None:
+        if system is not None and system != TINYLLAVA_SYSTEM:
+            raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got system {system!r}")
+        self.model, self.tokenizer, self.frames, self.name = model, tokenizer, frames, name
+        self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
+        self.image_size = model.config.vision_config.image_size
+        self.image_token_index = model.config.image_token_index
+        # eos = pad = <|endoftext|> (SPEC 2.3); the SFT target ends with it too
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_ids = [tokenizer.eos_token_id]
+        self.end_of_turn_id = tokenizer.eos_token_id
+        self.vision_encoder_calls = 0  # counted for the benchmarks
+
+    # ------------------------------------------------------------------ parameters
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters by part: the SigLIP tower, the resampler connector and the language model."""
+        model = self.model
+        return {
+            "vision": list(model.vision_tower.parameters()),
+            "connector": list(model.connector.parameters()),
+            "lm": list(model.language_model.parameters()),
+        }
+
+    def save_pretrained(self, out: Path) -> None:
+        """Model and tokenizer in framethink's layout (`load_tinyllava` and `load_adapter` read it back)."""
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+
+    # ------------------------------------------------------------------ encoding
+    def _frames(self, record: Record) -> SampledFrames:
+        path, rule = record.media[0], self.frames
+        return self._frame_cache.get_or_compute(
+            (str(path), rule, record.start, record.end),
+            lambda: sample_frames(
+                path, rule=rule.rule, fps=rule.fps, min_frames=rule.min_frames, max_frames=rule.max_frames,
+                num_frames=rule.num_frames, start=record.start, end=record.end,
+            ),
+        )
+
+    def encode(self, record: Record, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
+        """Prompt ids [1, L] (one placeholder unless the record is text-only) and SigLIP pixels
+        `pixel_values_videos` [1, T, 3, S, S] of the record's frames in the given order."""
+        if frame_order not in FRAME_ORDERS:
+            raise ConfigError(f"frame order {frame_order!r} is not one of {', '.join(FRAME_ORDERS)}")
+        question = format_question(record, template)
+        inputs, meta = {}, {}
+        if record.media_kind == "text":
+            text = tinyllava_prompt(question).replace(f"{VIDEO_PLACEHOLDER}\n", "")
+            ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids)
+        else:
+            if record.media_kind == "video":
+                frames = self._frames(record).frames  # [T, H, W, 3] uint8
+                if frame_order == "shuffled":
+                    frames, perm = permute_frames(frames, seed)
+                    meta["permutation"] = perm.tolist()
+                elif frame_order == "reversed":
+                    frames = frames[::-1].copy()
+            else:  # an image is a one-frame clip
+                frames = load_image(record.media[0]).frames  # [1, H, W, 3]
+            meta["num_frames"] = len(frames)
+            ids = build_tinyllava_prompt_ids(self.tokenizer, question, image_token_index=self.image_token_index)
+            inputs["pixel_values_videos"] = preprocess_siglip_frames(frames, size=self.image_size)[None]  # [1, T, 3, S, S]
+        inputs["input_ids"] = ids[None]  # [1, L]
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        return EncodedPrompt(record=record, inputs=inputs, frame_order=frame_order, meta=meta)
+
+    # ------------------------------------------------------------------ forward
+    def _video_features(self, model: TinyLlavaVideoForConditionalGeneration,
+                        prompts: list[EncodedPrompt]) -> list[torch.Tensor | None]:
+        """Connector embeddings [num_queries, D] per prompt (None without video): prompts with the same
+        frame count go through the vision tower and connector together, as one [B, T, 3, S, S] batch."""
+        features: list[torch.Tensor | None] = [None] * len(prompts)
+        by_frames: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            if "pixel_values_videos" in prompt.inputs:
+                by_frames.setdefault(prompt.inputs["pixel_values_videos"].shape[1], []).append(i)
+        for having in by_frames.values():
+            pixels = torch.cat([prompts[i].inputs["pixel_values_videos"] for i in having]).to(model.device)  # [B, T, 3, S, S]
+            self.vision_encoder_calls += 1
+            for i, video in zip(having, model.get_video_features(pixels)):  # [num_queries, D] each
+                features[i] = video
+        return features
+
+    def _rows(
+        self,
+        model: TinyLlavaVideoForConditionalGeneration,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        completion_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [N, L, D], attention_mask [N, L]) of rows `[left pad, prompt(row_prompt[i]),
+        completion_ids[i]]`, the placeholder replaced by the prompt's video embeddings.
+
+        Each used prompt is embedded once; its rows share that embedding."""
+        used = sorted(set(row_prompt))
+        embed = model.get_input_embeddings()
+        features = self._video_features(model, [prompts[i] for i in used])
+        sequences = {}
+        for i, video in zip(used, features):
+            ids = prompts[i].inputs["input_ids"][0].to(model.device)  # [L_i]
+            is_video = ids == self.image_token_index
+            text = embed(ids.masked_fill(is_video, 0))  # [L_i, D]; the placeholder's row is dropped
+            if video is None:
+                sequences[i] = text
+            else:
+                p = int(is_video.nonzero()[0, 0])
+                sequences[i] = torch.cat([text[:p], video.to(text.dtype), text[p + 1:]])  # [L_i + N - 1, D]
+        lp = max(seq.shape[0] for seq in sequences.values())
+        prompt_embeds = embed.weight.new_zeros(len(used), lp, embed.weight.shape[1])  # [P, Lp, D]
+        prompt_mask = torch.zeros(len(used), lp, dtype=torch.long, device=model.device)  # [P, Lp]
+        for k, i in enumerate(used):
+            prompt_embeds[k, lp - sequences[i].shape[0]:] = sequences[i]
+            prompt_mask[k, lp - sequences[i].shape[0]:] = 1
+        slot = {i: k for k, i in enumerate(used)}
+        index = torch.tensor([slot[i] for i in row_prompt], device=model.device)
+        embeds, mask = prompt_embeds[index], prompt_mask[index]  # [N, Lp, D], [N, Lp]
+        if completion_ids is not None:
+            completion_ids = completion_ids.to(model.device)
+            embeds = torch.cat([embeds, embed(completion_ids)], dim=1)  # [N, Lp + T, D]
+            mask = torch.cat([mask, torch.ones_like(completion_ids)], dim=1)
+        return embeds, mask
+
+    def completion_logprobs(
+        self,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        completion_ids: torch.Tensor,
+        *,
+        model: TinyLlavaVideoForConditionalGeneration | None = None,
+    ) -> torch.Tensor:
+        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy), each row
+        after its prompt with the video embedded by that model's own tower and connector."""
+        model = model or self.model
+        embeds, mask = self._rows(model, prompts, row_prompt, completion_ids)
+        t = completion_ids.shape[1]
+        logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=t + 1, use_cache=False).logits
+        logits = logits[:, :-1].float()  # [N, T, V]: position j predicts completion token j
+        return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        decoding: Decoding,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Completions:
+        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one KV-cached batch."""
+        model = self.model
+        embeds, attention = self._rows(model, prompts, row_prompt)
+        cache = DynamicCache()
+
+        def step(tokens: torch.Tensor | None) -> torch.Tensor:
+            nonlocal attention
+            if tokens is None:
+                out = model(inputs_embeds=embeds, attention_mask=attention, past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            else:
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L + 1]
+                out = model(input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention,
+                            past_key_values=cache, use_cache=True)
+            return out.logits[:, -1]
+
+        return sample_completions(step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                  generator=generator)
+
+    def decode(self, completions: Completions) -> list[str]:
+        """Completion texts, cut at EOS, special tokens dropped."""
+        texts = []
+        for tokens, mask in zip(completions.tokens, completions.mask):
+            kept = [tok for tok, keep in zip(tokens.tolist(), mask.tolist()) if keep and tok not in self.eos_ids]
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return texts
+
+    def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
+        """One completion per prompt from one batched call (the evaluation path)."""
+        return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
+
+
+def load_tinyllava_adapter(
+    path: str | Path,
+    *,
+    frames: FrameRule = TINYLLAVA_FRAMES,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    system: str | None = None,
+    frame_cache_size: int = 256,
+) -> TinyLlavaAdapter:
+    """The adapter over a TinyLLaVA-Video checkpoint in either layout (framethink's or the released one)."""
+    model, tokenizer = load_tinyllava(path, dtype=dtype)
+    return TinyLlavaAdapter(model.to(device), tokenizer, frames=frames, system=system,
+                            frame_cache_size=frame_cache_size, name=Path(path).name)

@@ -1,0 +1,243 @@
+"""The RL trainer on the tiny model: what trains and what stays frozen, exact zero gradients, no reference model
+at beta 0, kept old log-probs over inner updates, Dr. GRPO and token normalisation, LoRA with a merged
+export, exports that load with from_pretrained, atomic checkpoints and an exact resume, logs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
+
+import framethink.rl.rollout as rollout_module
+import framethink.rl.trainer as trainer
+from framethink.config import load_config
+from framethink.engine import build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, save_checkpoint
+from framethink.rl.rollout import collect_rollout
+from framethink.rl.trainer import build_adapter, policy_update, train_rl, trainable_parameters
+
+pytest_plugins = ["fixtures_training"]
+METRICS = {
+    "step", "time", "reward/total", "reward/accuracy", "reward/format", "accuracy", "completion_length",
+    "zero_std_groups", "temporal/p", "temporal/p_shuffled", "temporal/bonus_rate", "loss/policy_loss", "loss/kl",
+    "loss/ratio_mean", "loss/clip_fraction", "loss/loss", "loss/grad_norm", "loss/lr", "time/rollout",
+    "time/reference", "time/update",
+}
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint directory, loaded the way a user would."""
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
+
+
+def _spy(monkeypatch, name: str) -> list[tuple[tuple, dict]]:
+    """Record the arguments of every call of `framethink.rl.trainer.<name>`."""
+    calls, original = [], getattr(trainer, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, name, spy)
+    return calls
+
+
+def _loss_calls(monkeypatch) -> list[dict]:
+    """old_logp, ref_logp, keyword arguments and diagnostics of every grpo_loss call of the trainer."""
+    calls, original = [], trainer.grpo_loss
+
+    def spy(logp, old_logp, ref_logp, advantages, mask, **kwargs):
+        loss, diag = original(logp, old_logp, ref_logp, advantages, mask, **kwargs)
+        calls.append({"old": old_logp, "ref": ref_logp, "kwargs": kwargs, "diag": diag})
+        return loss, diag
+
+    monkeypatch.setattr(trainer, "grpo_loss", spy)
+    return calls
+
+
+def test_tgrpo_step_trains_the_unfrozen_parts_and_exports_them(recipe, tiny_qwen25_vl_dir, tmp_path, monkeypatch):
+    exported = {}
+    original = trainer.export_model
+
+    def capture(adapter, *args, **kwargs):
+        exported.update({k: v.detach().clone() for k, v in adapter.model.state_dict().items()})
+        return original(adapter, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "export_model", capture)
+    config = recipe("rl.algorithm=tgrpo", "rl.beta=0.04", "run.report_to=[tensorboard]")
+    final = train_rl(config, quiet=True)
+
+    before, after = _weights(tiny_qwen25_vl_dir), _weights(final)
+    assert after.keys() == exported.keys()
+    assert all(torch.equal(after[k], exported[k]) for k in after)  # the export holds the trained weights
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    vision = {k for k in before if k.startswith("model.visual.") and ".merger." not in k}
+    assert vision and not vision & changed  # the vision tower is frozen (freeze_vision defaults to true)
+    assert {k for k in before if ".merger." in k} <= changed  # the connector trains: gradients reach the video
+    lm_matrices = {k for k in before if k.startswith("model.language_model.layers.") and before[k].ndim == 2}
+    assert lm_matrices <= changed and "lm_head.weight" in changed
+
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0].keys() == METRICS and lines[0]["step"] == 1
+    assert all(math.isfinite(v) for v in lines[0].values())
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert load_config(run / "config.yaml") == config
+
+
+def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
+    config = recipe("rl.beta=0", "rl.algorithm=grpo")
+    adapter = build_adapter(config, "cpu")
+    params, _ = trainable_parameters(adapter, config)
+    optimizer = build_optimizer(params, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, 1)
+    grads: list[list[torch.Tensor | None]] = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad for p in params]))
+    rollout = collect_rollout(adapter, synth_records, config.rl, template="video-r1", seed=0,
+                              generator=torch.Generator().manual_seed(0))
+    for advantages in (torch.zeros_like(rollout.advantages), torch.linspace(-1, 1, len(rollout.advantages))):
+        rollout.advantages = advantages
+        policy_update(adapter, rollout, config, None, optimizer, scheduler, params)
+    zero, control = grads
+    assert all(g is not None for g in zero)  # the graph reached every trainable parameter ...
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in zero)  # ... with exactly zero gradient
+    assert any(g.abs().max() > 0 for g in control)  # while non-zero advantages move it
+
+
+def test_beta_zero_loads_no_reference_model(recipe, monkeypatch):
+    updates = _spy(monkeypatch, "policy_update")
+    losses = _loss_calls(monkeypatch)
+    models = set()
+    forward = qwen25.Qwen2_5_VLTextModel.forward
+
+    def language(self, *args, **kwargs):
+        models.add(id(self))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(qwen25.Qwen2_5_VLTextModel, "forward", language)
+    train_rl(recipe("rl.beta=0"), quiet=True)
+    (args, _), = updates
+    assert args[3] is None  # policy_update's reference model
+    assert len(losses) == 1 and losses[0]["ref"] is None
+    assert len(models) == 1  # one language model ran: the policy
+
+
+def test_two_inner_updates_keep_the_old_log_probs(recipe, monkeypatch):
+    losses = _loss_calls(monkeypatch)
+    train_rl(recipe("rl.num_iterations=2", "rl.beta=0.04"), quiet=True)
+    first, second = losses
+    assert first["old"] is not None and torch.equal(first["old"], second["old"])  # the sampling policy's, fixed
+    assert abs(first["diag"]["ratio_mean"].item() - 1) < 1e-6  # before any update the policy is the old one
+    assert abs(second["diag"]["ratio_mean"].item() - 1) > 1e-6  # after one update it is not
+    assert first["diag"]["kl"].item() < 1e-6 < second["diag"]["kl"].item()  # the policy leaves the reference
+
+
+@pytest.mark.parametrize(
+    ("overrides", "normalization", "scale_by_std"),
+    [(("rl.scale_by_std=false", "rl.normalization=constant"), "constant", False), (("rl.normalization=token",), "token", True)],
+    ids=["dr-grpo", "token"],
+)
+def test_dr_grpo_and_token_normalisation_train(recipe, tiny_qwen25_vl_dir, monkeypatch, overrides, normalization,
+                                              scale_by_std):
+    losses = _loss_calls(monkeypatch)
+    scales = []
+    group_advantages = rollout_module.group_advantages
+    monkeypatch.setattr(rollout_module, "group_advantages",
+                        lambda rewards, **kw: (scales.append(kw["scale_by_std"]), group_advantages(rewards, **kw))[1])
+    final = train_rl(recipe(*overrides), quiet=True)
+    assert scales == [scale_by_std]
+    (call,) = losses
+    assert call["kwargs"]["normalization"] == normalization and call["kwargs"]["max_completion_length"] == 6
+    assert math.isfinite(call["diag"]["loss"].item())
+    before, after = _weights(tiny_qwen25_vl_dir), _weights(final)
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen25_vl_dir, monkeypatch):
+    trained, frozen = [], []
+    original = trainer.trainable_parameters
+
+    def record(adapter, config):
+        params, lora = original(adapter, config)
+        ids = {id(p) for p in params}
+        for name, p in adapter.model.named_parameters():
+            (trained if id(p) in ids else frozen).append((name, p.requires_grad))
+        return params, lora
+
+    monkeypatch.setattr(trainer, "trainable_parameters", record)
+    final = train_rl(recipe("model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"), quiet=True)
+
+    assert trained and all("lora_" in name and grad for name, grad in trained)
+    assert frozen and not any("lora_" in name or grad for name, grad in frozen)
+    before, after = _weights(tiny_qwen25_vl_dir), _weights(final)
+    assert after.keys() == before.keys()  # merged: plain weight names, no adapter tensors
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    targets = {k for k in before if k.startswith("model.language_model.") and
+               any(f"self_attn.{m}.weight" in k for m in ("q_proj", "k_proj", "v_proj", "o_proj"))}
+    assert changed == targets  # exactly the LoRA-adapted projections moved, by their merged update
+
+
+def test_checkpoints_are_atomic(recipe, tmp_path, monkeypatch):
+    config = recipe()
+    accelerator = make_accelerator(config)
+    model = torch.nn.Linear(2, 2)
+    params = list(model.parameters())
+    optimizer = build_optimizer(params, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, 2)
+    out = tmp_path / "run"
+    args = (model, params, optimizer, scheduler, torch.Generator(), accelerator, {})
+    assert latest_checkpoint(out) is None
+    save_checkpoint(out, 1, *args)
+    real_save = torch.save
+
+    def crash(obj, path, *a, **kw):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError("disk full")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(out, 2, *args)
+    assert (out / "checkpoints" / ".tmp-000002").is_dir()  # the interrupted write stays a temporary
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-000001"
+    monkeypatch.setattr(torch, "save", real_save)
+    save_checkpoint(out, 2, *args)
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-000002"
+    assert json.loads((out / "checkpoints" / "step-000002" / "state.json").read_text())["step"] == 2
+
+
+def test_kill_and_resume_gives_identical_weights(recipe, tmp_path, monkeypatch):
+    overrides = ("run.max_steps=3", "run.save_every=2", "rl.beta=0.04")
+    uninterrupted = train_rl(recipe(*overrides, run="a"), quiet=True)
+
+    config = recipe(*overrides, run="b")
+    calls, rollout = [], trainer.collect_rollout
+
+    def killed_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies in the middle of step 3
+        return rollout(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collect_rollout", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(config, quiet=True)
+    monkeypatch.setattr(trainer, "collect_rollout", rollout)
+    checkpoints = tmp_path / "b" / "checkpoints"
+    (checkpoints / ".tmp-000003").mkdir()  # a checkpoint whose write was cut short
+    (checkpoints / ".tmp-000003" / "state.json").write_text('{"step": 3}')
+    assert latest_checkpoint(tmp_path / "b") == checkpoints / "step-000002"
+    resumed = train_rl(config, resume=True, quiet=True)
+
+    a, b = load_file(uninterrupted / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    initial = load_file(config.model.path + "/model.safetensors")
+    assert not torch.equal(initial["lm_head.weight"], a["lm_head.weight"])
+    logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3]
+    assert [m["loss/loss"] for m in logged] == [m["loss/loss"] for m in reference]
+
