@@ -45,15 +45,15 @@ def stats(seconds: list[float]) -> dict[str, float]:
     return {"min": min(seconds), "median": statistics.median(seconds), "max": max(seconds), "n": len(seconds)}
 
 
-def timed(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
+def timed(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
@@ -102,6 +102,7 @@ class StepTimes:
     reference: float  # reference (and old-policy) log-probs
     update: float  # policy forward, loss, backward, optimiser step
     vision_calls: int  # vision-encoder calls during the step (policy and reference model)
+    vision_clips: int  # images / clips those calls encoded
     rows: int  # completions sampled, ordered + shuffled
     completion_tokens: int  # sampled tokens of all rows, up to EOS
     cpu: float  # CPU seconds of the process over the whole step (see `clock`)
@@ -163,20 +164,26 @@ class FramethinkRun:
             t3, c3 = time.perf_counter(), time.process_time()
         self.last_rollout = rollout
         return StepTimes(generate=gen[0], rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
-                         rows=gen[1], completion_tokens=gen[2], cpu=c3 - c0)
+                         vision_clips=calls[1], rows=gen[1], completion_tokens=gen[2], cpu=c3 - c0)
 
 
 @contextmanager
 def count_vision_calls(*models: torch.nn.Module | None) -> Iterator[list[int]]:
-    """Counts forward calls of each model's vision encoder (`model.model.visual`) while inside: `[calls]`."""
-    count = [0]
-    hooks = [m.model.visual.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
-             for m in models if m is not None]
+    """Counts forward calls of each model's vision encoder (`model.model.visual`) while inside, and the images or
+    clips they encoded (rows of `grid_thw`): `[calls, clips]`."""
+    count = [0, 0]
+
+    def hook(module, args, kwargs) -> None:
+        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        count[0] += 1
+        count[1] += grid.shape[0]
+
+    hooks = [m.model.visual.register_forward_pre_hook(hook, with_kwargs=True) for m in models if m is not None]
     try:
         yield count
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in hooks:
+            handle.remove()
 
 
 @contextmanager

@@ -48,8 +48,8 @@ def synth_records(synth_dir: Path) -> list[Record]:
 
 
 @pytest.fixture(scope="session")
-def mixed_records(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> list[Record]:
-    """A video, an image and a text-only record (Video-R1 format), in that order."""
+def mixed_file(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> Path:
+    """A Video-R1 JSON file of a video, an image and a text-only record, in that order."""
     out = tmp_path_factory.mktemp("mixed")
     pixels = np.random.default_rng(0).integers(0, 256, (56, 84, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(out / "image.png")
@@ -61,7 +61,12 @@ def mixed_records(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> 
         {"problem_id": 2, "problem": "Is two even?", "data_type": "text", **question},
     ]
     (out / "mixed.json").write_text(json.dumps(rows))
-    return load_records(out / "mixed.json")
+    return out / "mixed.json"
+
+
+@pytest.fixture(scope="session")
+def mixed_records(mixed_file: Path) -> list[Record]:
+    return load_records(mixed_file)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_incremental_generation_agrees_with_the_full_forward(request, checkpoint
     incremental = torch.stack(steps[: tokens.shape[1]], 1).log_softmax(-1)  # [N, T, V]
     incremental = incremental.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
     full = adapter.completion_logprobs(prompts, rows, tokens)
-    assert torch.allclose(full[mask], incremental[mask], atol=1e-4)
+    assert torch.allclose(full[mask], incremental[mask], atol=1e-5), (full - incremental)[mask].abs().max()
 
     # greedy: every generated token is the argmax (vision tokens excluded) of the full forward's logits
     greedy = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
@@ -81,7 +81,7 @@ def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monke
     prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
     pixels = torch.cat([p.inputs["pixel_values_videos"] for p in prompts])  # [64, D]: 2 prompts x 32 patches
     rows = [0] * 4 + [1] * 4  # G = 4 completions per prompt
-    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator())
     assert len(seen) == 1 and torch.equal(seen[0], pixels)  # the 2 prompts' pixels, not 8 rows' worth
     adapter.completion_logprobs(prompts, rows, completions.tokens)
     assert len(seen) == 2 and torch.equal(seen[1], pixels)
@@ -112,7 +112,8 @@ def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
     """Generation, old, reference and policy forwards (T-GRPO, beta > 0, 2 inner updates) all see the video
     pixels through their own model's vision encoder and [3, N, L] M-RoPE positions."""
     events: list[tuple] = []
-    visual_forward, lm_forward = qwen25.Qwen2_5_VisionTransformerPretrainedModel.forward, qwen25.Qwen2_5_VLTextModel.forward
+    vision_class, text_class = qwen25.Qwen2_5_VisionTransformerPretrainedModel, qwen25.Qwen2_5_VLTextModel
+    visual_forward, lm_forward = vision_class.forward, text_class.forward
 
     def visual(self, hidden_states, grid_thw=None, **kwargs):
         events.append(("visual", self, hidden_states.detach().clone()))
@@ -122,8 +123,8 @@ def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
         events.append(("lm", self, kwargs.get("position_ids"), kwargs["attention_mask"], kwargs["inputs_embeds"].shape))
         return lm_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(qwen25.Qwen2_5_VisionTransformerPretrainedModel, "forward", visual)
-    monkeypatch.setattr(qwen25.Qwen2_5_VLTextModel, "forward", language)
+    monkeypatch.setattr(vision_class, "forward", visual)
+    monkeypatch.setattr(text_class, "forward", language)
     train_rl(recipe("rl.algorithm=tgrpo", "rl.num_iterations=2", "rl.beta=0.04"), quiet=True)
 
     reference = load_qwen_vl_adapter(tiny_qwen25_vl_dir)
@@ -215,7 +216,7 @@ def test_completion_mask_runs_up_to_and_including_eos():
 def test_generation_stops_at_eos_and_decode_drops_it(adapter, synth_records):
     prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
     hook = _bias_logits(adapter, [adapter.end_of_turn_id])
-    completions = adapter.generate(prompts, [0, 1], Decoding(max_new_tokens=5), generator=torch.Generator().manual_seed(0))
+    completions = adapter.generate(prompts, [0, 1], Decoding(max_new_tokens=5), generator=torch.Generator())
     hook.remove()
     assert completions.tokens.tolist() == [[adapter.end_of_turn_id]] * 2  # all rows done: the loop stops
     assert completions.mask.tolist() == [[1.0]] * 2  # the EOS token is part of the completion
@@ -269,5 +270,5 @@ def test_mixed_image_video_and_text_batch(adapter, mixed_records, monkeypatch):
         alone = adapter.generate([prompt], [0, 0], greedy)
         width = alone.tokens.shape[1]
         assert torch.equal(batch.tokens[2 * i:2 * i + 2, :width], alone.tokens)
-        assert torch.allclose(logp[2 * i:2 * i + 2, :width], adapter.completion_logprobs([prompt], [0, 0], alone.tokens),
-                              atol=1e-4)
+        alone_logp = adapter.completion_logprobs([prompt], [0, 0], alone.tokens)
+        assert torch.allclose(logp[2 * i:2 * i + 2, :width], alone_logp, atol=1e-4)

@@ -137,7 +137,8 @@ def test_two_inner_updates_keep_the_old_log_probs(recipe, monkeypatch):
 
 @pytest.mark.parametrize(
     ("overrides", "normalization", "scale_by_std"),
-    [(("rl.scale_by_std=false", "rl.normalization=constant"), "constant", False), (("rl.normalization=token",), "token", True)],
+    [(("rl.scale_by_std=false", "rl.normalization=constant"), "constant", False),
+     (("rl.normalization=token",), "token", True)],
     ids=["dr-grpo", "token"],
 )
 def test_dr_grpo_and_token_normalisation_train(recipe, tiny_qwen25_vl_dir, monkeypatch, overrides, normalization,

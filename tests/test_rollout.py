@@ -2,6 +2,7 @@
 completions kept out of training, per-group statistics and advantages."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -133,18 +134,29 @@ def test_tgrpo_rollout_bonus_statistics_and_advantages():
 def test_bonus_at_the_threshold(strict, bonus):
     # p = 0.5 and p~ = 1.0 with mu = 0.5: p == mu * p~
     script = {("v", "ordered"): [CF, CF, WF, WF], ("v", "shuffled"): [SHUFFLED_CF, SHUFFLED_CF]}
-    rollout = collect_rollout(ScriptedAdapter(script), [_record("v", "video")], _rl(temporal_mu=0.5, temporal_strict=strict),
-                              template="t", seed=0, generator=torch.Generator())
+    rl = _rl(temporal_mu=0.5, temporal_strict=strict)
+    rollout = collect_rollout(ScriptedAdapter(script), [_record("v", "video")], rl, template="t", seed=0,
+                              generator=torch.Generator())
     assert torch.allclose(rollout.rewards, torch.tensor([[1.5 + bonus, 1.5 + bonus, 0.5, 0.5]]))
 
 
 def test_grpo_generates_no_shuffled_clips():
     adapter = ScriptedAdapter(SCRIPT)
     records = [_record("v1", "video"), _record("i1", "image")]
-    rollout = collect_rollout(adapter, records, _rl(algorithm="grpo"), template="t", seed=0, generator=torch.Generator())
+    rollout = collect_rollout(adapter, records, _rl(algorithm="grpo"), template="t", seed=0,
+                              generator=torch.Generator())
     assert [order for _, order, _ in adapter.encoded] == ["ordered", "ordered"]
     assert adapter.generated[0][1] == [0] * 4 + [1] * 4
     expected = [[1.5, 1.0, 0.5, 1.5], [1.5, 1.5, 1.5, 0.0]]
     assert torch.allclose(rollout.rewards, torch.tensor(expected))
     assert torch.allclose(rollout.advantages, _advantages(expected))
     assert not any(key.startswith("temporal/") for key in rollout.metrics)
+
+
+def test_tgrpo_batch_without_video_reports_nan_temporal_statistics():
+    # every process must report the same metric keys; the trainer's mean over processes leaves NaN out
+    adapter = ScriptedAdapter(SCRIPT)
+    rollout = collect_rollout(adapter, [_record("i1", "image")], _rl(), template="t", seed=0,
+                              generator=torch.Generator())
+    assert adapter.generated[0][1] == [0] * 4
+    assert all(math.isnan(rollout.metrics[f"temporal/{key}"]) for key in ("p", "p_shuffled", "bonus_rate"))

@@ -111,7 +111,8 @@ def test_encode_builds_the_qwen2_base_prompt_and_siglip_frames(adapter, records)
     text_only = replace(record, media_kind="text", media=[])
     ids = adapter.encode(text_only, template=TEMPLATE).inputs["input_ids"][0]
     assert adapter.tokenizer.decode(ids) == f"{TINYLLAVA_SYSTEM}USER: {question} ASSISTANT:"
-    assert adapter.pad_id == adapter.end_of_turn_id == adapter.eos_ids[0] == adapter.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos = adapter.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert adapter.pad_id == adapter.end_of_turn_id == eos and adapter.eos_ids == [eos]
 
     with pytest.raises(ConfigError, match="frame order"):
         adapter.encode(record, template=TEMPLATE, frame_order="sideways")
@@ -246,13 +247,16 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], pr
 def test_rl_step_of_the_tinyllava_recipe(checkpoint, synth, tmp_path, monkeypatch):
     recipe = load_config(RECIPES / "tinyllava-video-r1.yaml")
     rl = recipe.rl
-    assert (rl.algorithm, rl.beta, rl.advantage_noise, rl.num_generations, rl.max_new_tokens) == ("grpo", 0.01, 0.02, 8, 512)
-    assert [(r.name, r.params) for r in rl.rewards] == [("tinyllava", {"variant": "code", "ml": 1200, "r0": 0.5, "r1": 0.5, "r2": 1.0})]
+    assert (rl.algorithm, rl.beta, rl.advantage_noise, rl.num_generations, rl.max_new_tokens) == (
+        "grpo", 0.01, 0.02, 8, 512)
+    scheme = {"variant": "code", "ml": 1200, "r0": 0.5, "r1": 0.5, "r2": 1.0}  # SPEC 4.4, the code's behaviour
+    assert [(r.name, r.params) for r in rl.rewards] == [("tinyllava", scheme)]
     assert (recipe.data.frame_rule, recipe.data.num_frames, recipe.data.template) == ("uniform", 16, TEMPLATE)
     assert recipe.model.freeze_vision and not recipe.model.freeze_connector and not recipe.model.freeze_lm
 
     events: list[tuple[str, int]] = []
-    features, lm_forward = TinyLlavaVideoForConditionalGeneration.get_video_features, TinyLlavaVideoForConditionalGeneration.forward
+    model_cls = TinyLlavaVideoForConditionalGeneration
+    features, lm_forward = model_cls.get_video_features, model_cls.forward
 
     def video(self, pixels):
         events.append(("video", id(self)))
@@ -263,8 +267,8 @@ def test_rl_step_of_the_tinyllava_recipe(checkpoint, synth, tmp_path, monkeypatc
             events.append(("full", id(self)))
         return lm_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(TinyLlavaVideoForConditionalGeneration, "get_video_features", video)
-    monkeypatch.setattr(TinyLlavaVideoForConditionalGeneration, "forward", forward)
+    monkeypatch.setattr(model_cls, "get_video_features", video)
+    monkeypatch.setattr(model_cls, "forward", forward)
     config = load_config(RECIPES / "tinyllava-video-r1.yaml", [
         f"model.path={checkpoint}", "model.dtype=float32", "model.gradient_checkpointing=false",
         f"data.train_file={synth / 'train.json'}", f"data.root={synth}", f"run.out={tmp_path / 'rl'}",

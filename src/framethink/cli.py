@@ -22,6 +22,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     summary = write_synthetic_dataset(
         args.out, n_train=args.train, n_test=args.test, seed=args.seed,
         num_frames=args.frames, size=args.size, tasks=args.tasks.split(",") if args.tasks else None,
+        fixed_options=args.fixed_options,
     )
     print(summary)
     return 0
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=16, help="frames per clip")
     synth.add_argument("--size", type=int, default=56, help="frame height and width in pixels")
     synth.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    synth.add_argument("--fixed-options", action="store_true",
+                       help="list every value of a task as options in one fixed order (A-F for colours)")
     synth.set_defaults(func=_data_synth)
 
     model = commands.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)

@@ -34,6 +34,7 @@ class DemoData:
     test_per_task: int = 100
     frames: int = 16
     size: int = 56
+    fixed_options: bool = True
 
 
 @dataclass
@@ -110,7 +111,7 @@ def learning_table(results: dict[str, dict[str, dict[str, float]]], tasks: list[
         for stage in STAGES:
             if stage in results and task in results[stage]:
                 row = results[stage][task]
-                lines.append(f"| {task} | {stage} | " + " | ".join(f"{100 * row.get(o, float('nan')):.1f}" for o in ORDERS) + " |")
+                lines.append(f"| {task} | {stage} | " + " | ".join(f"{row.get(o, float('nan')):.1f}" for o in ORDERS) + " |")
     return "\n".join(lines)
 
 
@@ -130,7 +131,7 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     if not (data_dir / "test.json").is_file():
         print(write_synthetic_dataset(data_dir, n_train=config.data.train_per_task, n_test=config.data.test_per_task,
                                       seed=seed, num_frames=config.data.frames, size=config.data.size,
-                                      tasks=config.data.tasks), flush=True)
+                                      tasks=config.data.tasks, fixed_options=config.data.fixed_options), flush=True)
     train_file, test_file = data_dir / "train.json", data_dir / "test.json"
     if model is None:
         model = out / "model-init"

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from string import ascii_uppercase
 from typing import Callable, NamedTuple
 
 import av
@@ -173,10 +174,13 @@ def write_synthetic_dataset(
     num_frames: int = 16,
     size: int = 56,
     tasks: list[str] | None = None,
+    fixed_options: bool = False,
 ) -> str:
     """Render the synthetic temporal video-QA set: `out/train.json`, `out/test.json` (SPEC 1.1 records, paths
     "./videos/<split>/<id>.mp4" relative to `out`) and the clips. n_train / n_test are per task.
     Same arguments -> byte-identical JSON and identical decoded frames. Returns a printable summary.
+    `fixed_options`: multiple-choice items list every value of their task in one canonical order (A-F for
+    colours) instead of four drawn options; the gold letter stays balanced because the gold value is.
     """
     names = list(TASKS) if tasks is None else list(tasks)
     unknown = [name for name in names if name not in TASKS]
@@ -197,7 +201,7 @@ def write_synthetic_dataset(
         for problem_id, item in enumerate(items):
             path = f"./videos/{split}/{problem_id}.mp4"
             _write_clip(out / path, np.stack([render_scene(scene, size) for scene in item.scenes]))
-            records.append(_record(item, problem_id, path))
+            records.append(_record(item, problem_id, path, fixed_options))
         (out / f"{split}.json").write_text(json.dumps(records, indent=2) + "\n")
         counts[split] = Counter(item.task for item in items)
     lines = [
@@ -223,7 +227,19 @@ def _new_item(task: str, rng: np.random.Generator, index: int, num_frames: int, 
     )
 
 
-def describe(item: SynthItem) -> str:
+VOCABULARY: dict[str, tuple[str, ...]] = {  # every value a task can ask about, in canonical order
+    "color_first": tuple(COLORS), "color_last": tuple(COLORS), "color": tuple(COLORS),
+    "shape_first": SHAPES, "shape_last": SHAPES, "direction": DIRECTIONS,
+}
+
+
+def option_texts(item: SynthItem, fixed_options: bool) -> tuple[str, ...]:
+    """The item's four drawn options, or with `fixed_options` every value of its task in canonical order
+    (so each value always has the same letter and reading the letter off the option list is not part of the task)."""
+    return VOCABULARY[item.task] if fixed_options and item.options else item.options
+
+
+def describe(item: SynthItem, options: tuple[str, ...]) -> str:
     """A chain of thought that describes the clip and names the option letter of what it saw, but does not
     say which option answers the question: `<think>the clip starts red and ends blue. red is C. blue is A.</think>`.
     The cold start can teach it while the choice of answer is left to reward."""
@@ -244,15 +260,16 @@ def describe(item: SynthItem) -> str:
         seen = []
         text = f"the circle appears {item.answer} times."
     for value in seen:
-        text += f" {value} is {LETTERS[item.options.index(value)]}."
+        text += f" {value} is {ascii_uppercase[options.index(value)]}."
     return f"<think>{text}</think>"
 
 
-def _record(item: SynthItem, problem_id: int, path: str) -> dict:
+def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) -> dict:
     """The SPEC 1.1 record of one item, with a `process` chain of thought (the CoT-SFT format)."""
-    if item.options:
-        answer = LETTERS[item.options.index(item.answer)]
-        options = [f"{letter}. {text}" for letter, text in zip(LETTERS, item.options)]
+    texts = option_texts(item, fixed_options)
+    if texts:
+        answer = ascii_uppercase[texts.index(item.answer)]
+        options = [f"{letter}. {text}" for letter, text in zip(ascii_uppercase, texts)]
     else:
         answer, options = item.answer, []
     return {
@@ -264,7 +281,7 @@ def _record(item: SynthItem, problem_id: int, path: str) -> dict:
         "solution": f"<answer>{answer}</answer>",
         "path": path,
         "data_source": item.task,
-        "process": describe(item),
+        "process": describe(item, texts),
     }
 
 

@@ -85,6 +85,23 @@ class QwenVisionProcessor:
             raise ConfigError(f"unknown vision processor override(s) {unknown}; known: {sorted(known)}")
         return replace(processor, **overrides)
 
+    def save_pretrained(self, out: str | Path) -> None:
+        """Write `preprocessor_config.json` as Qwen's released checkpoints do (min_pixels / max_pixels) and
+        `video_preprocessor_config.json` as transformers 5 writes a video processor (size: shortest_edge /
+        longest_edge), with this processor's values: the pixel bounds a model was trained with travel with it."""
+        out = Path(out)
+        shared = {
+            "image_mean": list(self.image_mean), "image_std": list(self.image_std), "rescale_factor": self.rescale_factor,
+            "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size, "merge_size": self.merge_size,
+            "processor_class": "Qwen2_5_VLProcessor" if self.absolute_time else "Qwen2VLProcessor",
+        }
+        image = {**shared, "min_pixels": self.image_min_pixels, "max_pixels": self.image_max_pixels,
+                 "image_processor_type": "Qwen2VLImageProcessor"}
+        video = {**shared, "size": {"shortest_edge": self.video_min_pixels, "longest_edge": self.video_max_pixels},
+                 "video_processor_type": "Qwen2VLVideoProcessor"}
+        (out / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
+        (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
+
     def process_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [H, W, 3] uint8 -> (pixel_values [N_patches, C*Tp*P*P] float32, image_grid_thw [N, 3] long).
         Each image is one frame, repeated to fill the temporal patch (SPEC 2.1)."""

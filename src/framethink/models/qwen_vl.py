@@ -9,7 +9,6 @@ Three things the reference trainers get wrong are done here, once, for every cal
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
 from framethink.models.sampling import Completions, sample_completions
 
-PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
 
 
@@ -67,10 +65,8 @@ class QwenVLAdapter:
         system: str | None = None,
         frame_cache_size: int = 256,
         name: str = "",
-        source: Path | None = None,
     ) -> None:
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
-        self.source = source  # checkpoint directory: its processor configs travel with exported models
         self.frames, self.system, self.name = frames, system, name
         self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -93,13 +89,11 @@ class QwenVLAdapter:
         return {"vision": vision, "connector": merger, "lm": lm}
 
     def save_pretrained(self, out: Path) -> None:
-        """Model, tokenizer and the source checkpoint's processor configs, in the Hugging Face layout."""
+        """Model, tokenizer and processor configs (with the pixel bounds in use), in the Hugging Face layout."""
         out = Path(out)
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
-        for name in PROCESSOR_FILES:
-            if self.source is not None and (self.source / name).is_file():
-                shutil.copyfile(self.source / name, out / name)
+        self.processor.save_pretrained(out)
 
     # ------------------------------------------------------------------ encoding
     def _frames(self, record: Record) -> SampledFrames:
@@ -301,7 +295,7 @@ def load_qwen_vl_adapter(
     model, tokenizer, processor = load_qwen_vl(path, dtype=dtype, device=device, vision_overrides=vision_overrides)
     return QwenVLAdapter(
         model, tokenizer, processor, frames=frames, system=system, frame_cache_size=frame_cache_size,
-        name=Path(path).name, source=Path(path),
+        name=Path(path).name,
     )
 
 

@@ -9,7 +9,6 @@ A tiny TinyLLaVA-Video has the fixed sizes of `framethink.models.tinyllava_conve
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from transformers import (
 )
 
 from framethink.errors import ConfigError
-from framethink.models.qwen_vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from framethink.models.qwen_vision import QwenVisionProcessor
 from framethink.models.tinyllava_convert import build_tiny_tinyllava
 from framethink.models.tokenizer import build_offline_tokenizer
 
@@ -153,28 +152,9 @@ def build_tiny(arch: str, out: Path, *, seed: int = 0, **size_overrides: Any) ->
     out = Path(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    processor_class = "Qwen2_5_VLProcessor" if arch == "qwen2.5-vl" else "Qwen2VLProcessor"
-    preprocessing = {
-        "image_mean": list(OPENAI_CLIP_MEAN),
-        "image_std": list(OPENAI_CLIP_STD),
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "merge_size": 2,
-        "processor_class": processor_class,
-    }
-    # The image file is written as Qwen's released checkpoints write it (min_pixels / max_pixels);
-    # the video file as transformers 5 writes a video processor (size: shortest_edge / longest_edge).
-    image_file = {
-        **preprocessing,
-        "min_pixels": TINY_IMAGE_PIXELS[0],
-        "max_pixels": TINY_IMAGE_PIXELS[1],
-        "image_processor_type": "Qwen2VLImageProcessor",
-    }
-    video_file = {
-        **preprocessing,
-        "size": {"shortest_edge": TINY_VIDEO_PIXELS[0], "longest_edge": TINY_VIDEO_PIXELS[1]},
-        "video_processor_type": "Qwen2VLVideoProcessor",
-    }
-    (out / "preprocessor_config.json").write_text(json.dumps(image_file, indent=2) + "\n")
-    (out / "video_preprocessor_config.json").write_text(json.dumps(video_file, indent=2) + "\n")
+    QwenVisionProcessor(
+        image_min_pixels=TINY_IMAGE_PIXELS[0], image_max_pixels=TINY_IMAGE_PIXELS[1],
+        video_min_pixels=TINY_VIDEO_PIXELS[0], video_max_pixels=TINY_VIDEO_PIXELS[1],
+        absolute_time=arch == "qwen2.5-vl",
+    ).save_pretrained(out)
     return out

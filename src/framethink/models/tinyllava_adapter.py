@@ -7,7 +7,9 @@ image size and normalised, without torchvision. The adapter builds every row's e
     practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt;
   - rows are left-padded `[pad, text before, video, text after, completion]`; the model's forward numbers
     positions by the attended tokens, so the prefill, every cached step and the full forward agree.
-An image is a one-frame clip; a text-only record has no placeholder and no video.
+An image is a one-frame clip; a text-only record has no placeholder and no video. The frame count need not
+equal the connector's `group`: the resampler splits a clip's T x P tokens into `group` contiguous chunks,
+one frame per chunk at T = group = 16 (the released model), several frames per chunk in the tiny model.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class TinyLlavaAdapter:
         name: str = "",
     ) -> None:
         if system is not None and system != TINYLLAVA_SYSTEM:
-            raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got system {system!r}")
+            raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got {system!r}")
         self.model, self.tokenizer, self.frames, self.name = model, tokenizer, frames, name
         self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
         self.image_size = model.config.vision_config.image_size
@@ -112,7 +114,8 @@ class TinyLlavaAdapter:
                 frames = load_image(record.media[0]).frames  # [1, H, W, 3]
             meta["num_frames"] = len(frames)
             ids = build_tinyllava_prompt_ids(self.tokenizer, question, image_token_index=self.image_token_index)
-            inputs["pixel_values_videos"] = preprocess_siglip_frames(frames, size=self.image_size)[None]  # [1, T, 3, S, S]
+            pixels = preprocess_siglip_frames(frames, size=self.image_size)  # [T, 3, S, S]
+            inputs["pixel_values_videos"] = pixels[None]  # [1, T, 3, S, S]
         inputs["input_ids"] = ids[None]  # [1, L]
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return EncodedPrompt(record=record, inputs=inputs, frame_order=frame_order, meta=meta)
@@ -128,9 +131,9 @@ class TinyLlavaAdapter:
             if "pixel_values_videos" in prompt.inputs:
                 by_frames.setdefault(prompt.inputs["pixel_values_videos"].shape[1], []).append(i)
         for having in by_frames.values():
-            pixels = torch.cat([prompts[i].inputs["pixel_values_videos"] for i in having]).to(model.device)  # [B, T, 3, S, S]
+            pixels = torch.cat([prompts[i].inputs["pixel_values_videos"] for i in having])  # [B, T, 3, S, S]
             self.vision_encoder_calls += 1
-            for i, video in zip(having, model.get_video_features(pixels)):  # [num_queries, D] each
+            for i, video in zip(having, model.get_video_features(pixels.to(model.device))):  # [num_queries, D] each
                 features[i] = video
         return features
 

@@ -1,0 +1,105 @@
+"""Figure (c): frame decoding, framethink's `sample_frames` against decord on the same clips and frame indices.
+
+Clips are H.264 at 24 fps with a keyframe every 2 s (a moving gradient plus noise, so that the codec has real
+work): 10 s at 64x64 and 224x224, and 60 s at 224x224 (LLaVA-Video's 30-60 s clips). Each timing goes from the file path to a [T, H, W, 3] uint8
+array: framethink's `sample_frames(rule="uniform", num_frames=T)` (probe, then one decoding pass that converts
+only the wanted frames), and decord's `VideoReader(path)` + `get_batch(indices)` on the indices framethink chose.
+Both use their library's default decoding threads. The outputs are compared pixel by pixel. A third column
+times `benchmarks.prototypes.decode_by_keyframes`, which seeks from keyframe to keyframe as decord does.
+
+    .venv/bin/python -m benchmarks.bench_decode
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+from benchmarks.common import limit_threads, print_result, stats, timed
+from benchmarks.prototypes import decode_by_keyframes
+from framethink.data.video import sample_frames
+
+CLIP_FPS, GOP = 24, 48
+CLIPS = ((10, 64), (10, 224), (60, 224))  # (seconds, size)
+
+
+def write_clip(path: Path, size: int, seconds: int, *, seed: int = 0) -> Path:
+    """A lossy H.264 clip of `seconds` at CLIP_FPS, `size` x `size`: a drifting colour gradient with noise."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] / size  # [H, W] each
+    total = seconds * CLIP_FPS
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=CLIP_FPS)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.gop_size = GOP
+        for t in range(total):
+            phase = t / total
+            rgb = np.stack([(xs + phase) % 1, (ys + 2 * phase) % 1, (xs * ys + phase) % 1], -1) * 200  # [H, W, 3]
+            rgb = (rgb + rng.integers(0, 40, rgb.shape)).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts: tuple[int, ...] = (16, 32),
+        repeats: int = 5) -> dict:
+    """Median seconds per clip of framethink, decord and the keyframe-seeking prototype at every clip and frame
+    count (repeats interleaved, so that a change in machine load hits all three), and the ratios."""
+    import decord
+
+    rows = []
+    for seconds, size in clips:
+        clip = write_clip(work / f"clip{seconds}s{size}.mp4", size, seconds)
+        for count in frame_counts:
+            ours = sample_frames(clip, rule="uniform", num_frames=count)
+            indices = ours.indices
+            decoders = {
+                "framethink": lambda: sample_frames(clip, rule="uniform", num_frames=count).frames,
+                "decord": lambda: decord.VideoReader(str(clip), ctx=decord.cpu(0)).get_batch(indices.tolist()).asnumpy(),
+                "keyframe_seek_prototype": lambda: decode_by_keyframes(clip, indices),
+            }
+            outputs = {name: decode() for name, decode in decoders.items()}  # also the warm-up
+            clocked = {name: [] for name in decoders}
+            for _ in range(repeats):
+                for name, decode in decoders.items():
+                    clocked[name] += timed(decode, repeats=1, warmup=0)
+            times = {name: stats([wall for wall, _ in values]) for name, values in clocked.items()}
+            cpu = {name: stats([c for _, c in values]) for name, values in clocked.items()}
+            rows.append({
+                "clip": f"{seconds} s {size}x{size}", "frames": count, **{f"{k}_wall_s": v for k, v in times.items()},
+                **{f"{k}_cpu_s": v for k, v in cpu.items()},
+                "framethink_vs_decord": times["decord"]["median"] / times["framethink"]["median"],
+                "prototype_vs_decord": times["decord"]["median"] / times["keyframe_seek_prototype"]["median"],
+                "framethink_vs_decord_cpu": cpu["decord"]["median"] / cpu["framethink"]["median"],
+                "max_pixel_difference": {name: int(np.abs(out.astype(int) - ours.frames.astype(int)).max())
+                                         for name, out in outputs.items() if name != "framethink"},
+            })
+    return {"setting": {"clips": f"H.264 yuv420p at {CLIP_FPS} fps, keyframe every {GOP} frames",
+                        "repeats": repeats, "torch_threads": 1, "decoding_threads": "each library's default"},
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    limit_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(tmp), repeats=args.repeats)
+    print_result("frame decoding: framethink vs decord", result)
+    for row in result["rows"]:
+        print(f"{row['clip']:>14} {row['frames']:>3} frames, median wall: framethink "
+              f"{row['framethink_wall_s']['median'] * 1e3:6.1f} ms ({row['framethink_vs_decord']:.2f}x decord), decord "
+              f"{row['decord_wall_s']['median'] * 1e3:6.1f} ms, keyframe-seek prototype "
+              f"{row['keyframe_seek_prototype_wall_s']['median'] * 1e3:6.1f} ms ({row['prototype_vs_decord']:.2f}x decord); "
+              f"CPU ratio {row['framethink_vs_decord_cpu']:.2f}x; max pixel difference {row['max_pixel_difference']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The fast paths of the Qwen-VL adapter, each measured against the same adapter with it turned off.
+
+On one T-GRPO batch (video prompts, G ordered + G~ shuffled rows each), with the same sampling seed on both
+sides so that both sample the same tokens:
+  vision once per prompt   generate / log-prob forward with each prompt's rows sharing its vision features,
+                           against every row carrying its own copy of the prompt (the encoder runs per row)
+  one batched generate     ordered and shuffled rows in one call, against one call for each
+  frame cache              `encode` of a clip seen before (LRU hit), against decoding it again
+  prototypes               benchmarks/prototypes.py: prefix sharing (generate, reference forward, policy
+                           forward + backward) and the frozen-tower feature reuse (reference forward)
+
+    .venv/bin/python -m benchmarks.bench_fastpaths
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (
+    CLOCK_NOTE, FramethinkRun, count_vision_calls, limit_threads, print_result, rl_config, stats, timed,
+    write_video_records,
+)
+from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert
+from framethink.models.adapter import Decoding
+from framethink.models.qwen_vl import QwenVLAdapter
+
+
+def compare(fast, slow, *, repeats: int) -> dict:
+    """CPU seconds (min/median/max) of `fast` and `slow`, repeats interleaved, and the median ratio."""
+    fast_t, slow_t = [], []
+    for _ in range(repeats + 1):  # the first round warms up
+        slow_t += timed(slow, repeats=1, warmup=0)
+        fast_t += timed(fast, repeats=1, warmup=0)
+    fast_s, slow_s = stats([c for _, c in fast_t[1:]]), stats([c for _, c in slow_t[1:]])
+    return {"fast_cpu_s": fast_s, "slow_cpu_s": slow_s, "gain": slow_s["median"] / fast_s["median"]}
+
+
+def vision_clips(adapter: QwenVLAdapter, fn) -> int:
+    with count_vision_calls(adapter.model) as calls:
+        fn()
+    return calls[1]
+
+
+def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
+        size: int = 112, repeats: int = 3) -> dict:
+    from framethink.models.tiny import build_tiny
+
+    model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0)
+    train_file = write_video_records(work / "clips", prompts, num_frames=frames, size=size)
+    config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"data.max_frames={frames}",
+                       f"data.video_max_pixels={size * size}")
+    run = FramethinkRun.build(config)
+    adapter, template = run.adapter, config.data.template
+    ordered = [adapter.encode(r, template=template) for r in run.records]
+    shuffled = [adapter.encode(r, template=template, frame_order="shuffled", seed=i) for i, r in enumerate(run.records)]
+    both = ordered + shuffled
+    rows = [i for i in range(prompts) for _ in range(g)] + [prompts + i for i in range(prompts) for _ in range(gs)]
+    per_row = [both[i] for i in rows]  # every row its own copy of its prompt
+    decoding = Decoding(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0)
+
+    def gen(a: QwenVLAdapter, ps, rs):
+        return lambda: a.generate(ps, rs, decoding, generator=torch.Generator().manual_seed(0))
+
+    tokens = gen(adapter, both, rows)().tokens[: prompts * g]  # ordered rows' completions, for the forwards
+    ordered_rows = rows[: prompts * g]
+    prefix, frozen = convert(adapter, PrefixSharingAdapter), convert(adapter, FrozenTowerAdapter)
+
+    def logprobs(a: QwenVLAdapter, ps, rs, *, model=None):
+        def fn():
+            with torch.no_grad():
+                return a.completion_logprobs(ps, rs, tokens, model=model)
+        return fn
+
+    def policy_backward(a: QwenVLAdapter):
+        def fn():
+            a.completion_logprobs(ordered, ordered_rows, tokens).mean().backward()
+            a.model.zero_grad(set_to_none=True)
+        return fn
+
+    frozen_logprobs = logprobs(frozen, ordered, ordered_rows, model=run.ref_model)
+    frozen_logprobs()  # the rollout would have filled the tower cache with these prompts
+
+    def encode(a: QwenVLAdapter):
+        return lambda: a.encode(run.records[0], template=template)
+
+    uncached = QwenVLAdapter(adapter.model, adapter.tokenizer, adapter.processor, frames=adapter.frames,
+                             frame_cache_size=0)
+    results = {
+        "vision once per prompt: generate": compare(gen(adapter, both, rows), gen(adapter, per_row, list(range(len(rows)))),
+                                                    repeats=repeats),
+        "vision once per prompt: reference forward": compare(logprobs(adapter, ordered, ordered_rows),
+                                                             logprobs(adapter, per_row[: prompts * g], list(range(prompts * g))),
+                                                             repeats=repeats),
+        "one batched generate (ordered + shuffled)": compare(
+            gen(adapter, both, rows),
+            lambda: (gen(adapter, ordered, ordered_rows)(), gen(adapter, shuffled, [r - prompts for r in rows[prompts * g:]])()),
+            repeats=repeats),
+        "frame cache: encode": compare(encode(adapter), encode(uncached), repeats=repeats),
+        "prototype prefix sharing: generate": compare(gen(prefix, both, rows), gen(adapter, both, rows), repeats=repeats),
+        "prototype prefix sharing: reference forward": compare(logprobs(prefix, ordered, ordered_rows),
+                                                               logprobs(adapter, ordered, ordered_rows), repeats=repeats),
+        "prototype prefix sharing: policy forward + backward": compare(policy_backward(prefix), policy_backward(adapter),
+                                                                       repeats=repeats),
+        "prototype frozen-tower reuse: reference forward": compare(frozen_logprobs,
+                                                                   logprobs(adapter, ordered, ordered_rows, model=run.ref_model),
+                                                                   repeats=repeats),
+    }
+    clips = {"generate, shared": vision_clips(adapter, gen(adapter, both, rows)),
+             "generate, per row": vision_clips(adapter, gen(adapter, per_row, list(range(len(rows)))))}
+    return {"setting": {"prompts": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens, "frames": frames,
+                        "frame": f"{size}x{size}", "prompt_tokens": ordered[0].inputs["input_ids"].shape[1],
+                        "threads": torch.get_num_threads(), "clock": CLOCK_NOTE},
+            "clips_encoded": clips, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    limit_threads(1)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(tmp), repeats=args.repeats)
+    print_result("adapter fast paths, each against itself turned off", result)
+    for name, r in result["results"].items():
+        print(f"{name:>52}: {r['slow_cpu_s']['median'] * 1e3:8.1f} -> {r['fast_cpu_s']['median'] * 1e3:8.1f} ms "
+              f"CPU ({r['gain']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
