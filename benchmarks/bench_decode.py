@@ -15,36 +15,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import av
 import numpy as np
 
-from benchmarks.common import limit_threads, print_result, stats, timed
+from benchmarks.common import limit_threads, print_result, stats, timed, write_clip
 from benchmarks.prototypes import decode_by_keyframes
 from framethink.data.video import sample_frames
 
 CLIP_FPS, GOP = 24, 48
 CLIPS = ((10, 64), (10, 224), (60, 224))  # (seconds, size)
-
-
-def write_clip(path: Path, size: int, seconds: int, *, seed: int = 0) -> Path:
-    """A lossy H.264 clip of `seconds` at CLIP_FPS, `size` x `size`: a drifting colour gradient with noise."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size] / size  # [H, W] each
-    total = seconds * CLIP_FPS
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=CLIP_FPS)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.gop_size = GOP
-        for t in range(total):
-            phase = t / total
-            rgb = np.stack([(xs + phase) % 1, (ys + 2 * phase) % 1, (xs * ys + phase) % 1], -1) * 200  # [H, W, 3]
-            rgb = (rgb + rng.integers(0, 40, rgb.shape)).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts: tuple[int, ...] = (16, 32),
@@ -55,7 +33,7 @@ def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts:
 
     rows = []
     for seconds, size in clips:
-        clip = write_clip(work / f"clip{seconds}s{size}.mp4", size, seconds)
+        clip = write_clip(work / f"clip{seconds}s{size}.mp4", width=size, height=size, seconds=seconds, fps=CLIP_FPS, gop=GOP)
         for count in frame_counts:
             ours = sample_frames(clip, rule="uniform", num_frames=count)
             indices = ours.indices

@@ -7,7 +7,9 @@ sides so that both sample the same tokens:
   one batched generate     ordered and shuffled rows in one call, against one call for each
   frame cache              `encode` of a clip seen before (LRU hit), against decoding it again
   prototypes               benchmarks/prototypes.py: prefix sharing (generate, reference forward, policy
-                           forward + backward) and the frozen-tower feature reuse (reference forward)
+                           forward + backward), the frozen-tower feature reuse (reference forward), and the
+                           inverse-CDF draw against torch.multinomial for one token of G + G~ rows over a real
+                           vocabulary (the tiny model's vocabulary hides this cost)
 
     .venv/bin/python -m benchmarks.bench_fastpaths
 """
@@ -24,9 +26,12 @@ from benchmarks.common import (
     CLOCK_NOTE, FramethinkRun, count_vision_calls, limit_threads, print_result, rl_config, stats, timed,
     write_video_records,
 )
-from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert
+from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert, draw_inverse_cdf
 from framethink.models.adapter import Decoding
 from framethink.models.qwen_vl import QwenVLAdapter
+from framethink.models.tiny import build_tiny
+
+REAL_VOCAB = 152_064  # Qwen2.5-VL-7B's embedding rows
 
 
 def compare(fast, slow, *, repeats: int) -> dict:
@@ -46,10 +51,9 @@ def vision_clips(adapter: QwenVLAdapter, fn) -> int:
 
 
 def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
-        size: int = 112, repeats: int = 3) -> dict:
-    from framethink.models.tiny import build_tiny
-
-    model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0)
+        size: int = 112, repeats: int = 3, sizes: dict | None = None) -> dict:
+    """Every comparison of the module docstring on one batch; CPU seconds and gains."""
+    model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
     train_file = write_video_records(work / "clips", prompts, num_frames=frames, size=size)
     config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"data.max_frames={frames}",
                        f"data.video_max_pixels={size * size}")
@@ -109,6 +113,10 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
                                                                    logprobs(adapter, ordered, ordered_rows, model=run.ref_model),
                                                                    repeats=repeats),
     }
+    probs = torch.rand(g + gs, REAL_VOCAB, generator=torch.Generator().manual_seed(0)).softmax(-1)  # [G+G~, V]
+    results["prototype inverse-CDF draw: one token, 152,064-token vocabulary"] = compare(
+        lambda: draw_inverse_cdf(probs, torch.Generator().manual_seed(0)),
+        lambda: torch.multinomial(probs.cpu(), 1, generator=torch.Generator().manual_seed(0)), repeats=repeats)
     clips = {"generate, shared": vision_clips(adapter, gen(adapter, both, rows)),
              "generate, per row": vision_clips(adapter, gen(adapter, per_row, list(range(len(rows)))))}
     return {"setting": {"prompts": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens, "frames": frames,

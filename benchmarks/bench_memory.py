@@ -50,6 +50,14 @@ def measure(design: str, model_dir: Path, train_file: Path, *, frames: int, size
             "rss_before_mib": before / 1024, "rows": times.rows, "wall_s": times.total}
 
 
+def measure_in_fresh_process(design: str, model_dir: Path, train_file: Path, **setting) -> dict:
+    """`measure` in a new Python process, so that nothing allocated before the step hides its peak."""
+    spec = {"design": design, "model_dir": str(model_dir), "train_file": str(train_file), **setting}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", "--child", json.dumps(spec)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(work: Path, *, frame_counts: tuple[int, ...] = (4, 8, 16, 32), size: int = 224, prompts: int = 2, g: int = 8,
         gs: int = 4, new_tokens: int = 32) -> dict:
     """One fresh process per (design, frame count); returns the step peaks by design and frame count."""
@@ -58,13 +66,8 @@ def run(work: Path, *, frame_counts: tuple[int, ...] = (4, 8, 16, 32), size: int
     for frames in frame_counts:
         train_file = write_video_records(work / f"clips{frames}", prompts, num_frames=frames, size=size)
         for design in DESIGNS:
-            args = dict(frames=frames, size=size, prompts=prompts, g=g, gs=gs, new_tokens=new_tokens)
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_memory", "--child",
-                 json.dumps({"design": design, "model_dir": str(model_dir), "train_file": str(train_file), **args})],
-                capture_output=True, text=True, check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(measure_in_fresh_process(design, model_dir, train_file, frames=frames, size=size,
+                                                 prompts=prompts, g=g, gs=gs, new_tokens=new_tokens))
     by = {d: {r["frames"]: r["step_peak_mib"] for r in rows if r["design"] == d} for d in DESIGNS}
     return {"setting": {"frame": f"{size}x{size}", "visual_tokens_per_clip": {f: f // 2 * (size // 28) ** 2 for f in frame_counts},
                         "prompts_per_step": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens,

@@ -70,6 +70,7 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
     with count_vision_calls(trainer.model, trainer.ref_model) as calls:
         trainer.train()
     return {"seconds": clock.seconds[warmup:], "cpu": clock.cpu[warmup:], "vision_calls_per_step": calls[0] / (warmup + steps),
+            "clips_encoded_per_step": calls[1] / (warmup + steps),
             "mean_completion_length": clock.mean_length}
 
 
@@ -109,6 +110,7 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
                     "clock": CLOCK_NOTE},
         "trl": {"cpu_s": trl_cpu, "wall_s": trl_wall, "completions_per_cpu_s": completions / trl_cpu["median"],
                 "vision_calls_per_step": theirs["vision_calls_per_step"],
+                "clips_encoded_per_step": theirs["clips_encoded_per_step"],
                 "mean_completion_length": theirs["mean_completion_length"]},
     }
     for name, ts in times.items():
@@ -119,7 +121,7 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
             "speedup_vs_trl_wall": trl_wall["median"] / wall["median"],
             "phases_median_wall_s": {k: stats([getattr(t, k) for t in ts])["median"]
                                      for k in ("generate", "rollout", "reference", "update")},
-            "vision_calls_per_step": ts[-1].vision_calls,
+            "vision_calls_per_step": ts[-1].vision_calls, "clips_encoded_per_step": ts[-1].vision_clips,
             "mean_completion_length": sum(t.completion_tokens for t in ts) / (len(ts) * completions),
         }
     return result

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from PIL import Image
@@ -85,6 +86,26 @@ def write_video_records(out: Path, n: int, *, num_frames: int, size: int, seed: 
     return out / "train.json"
 
 
+def write_clip(path: Path, *, width: int, height: int, seconds: float, fps: int, gop: int, seed: int = 0) -> Path:
+    """A lossy H.264 clip (yuv420p, a keyframe every `gop` frames): a drifting colour gradient with noise, so that
+    the codec has real work."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width] / max(height, width)  # [H, W] each
+    total = round(seconds * fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt, stream.gop_size = width, height, "yuv420p", gop
+        for t in range(total):
+            phase = t / total
+            rgb = np.stack([(xs + phase) % 1, (ys + 2 * phase) % 1, (xs * ys + phase) % 1], -1) * 200  # [H, W, 3]
+            rgb = (rgb + rng.integers(0, 40, rgb.shape)).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def rl_config(model_dir: Path, train_file: Path, *overrides: str) -> TrainConfig:
     """A recipe for benchmark steps: no logging, no checkpoints; `overrides` are `key=value` strings."""
     base = [f"model.path={model_dir}", f"data.train_file={train_file}", "run.report_to=[none]",
@@ -148,19 +169,23 @@ class FramethinkRun:
     def step(self, step: int) -> StepTimes:
         """One step as `train_rl` runs it: rollout, reference log-probs, policy update."""
         config, adapter = self.config, self.adapter
+        sync = torch.cuda.synchronize if adapter.model.device.type == "cuda" else (lambda: None)
         with count_vision_calls(adapter.model, self.ref_model) as calls, time_method(adapter, "generate") as gen:
             c0, t0 = time.process_time(), time.perf_counter()
             adapter.model.eval()
             rollout = collect_rollout(adapter, self.batch(step), config.rl, template=config.data.template,
                                       seed=config.run.seed * 1_000_003 + step, generator=self.generator)
+            sync()
             t1 = time.perf_counter()
             if config.rl.num_iterations > 1:
                 rollout.old_logp = reference_logprobs(adapter, rollout, adapter.model)
             if self.ref_model is not None:
                 rollout.ref_logp = reference_logprobs(adapter, rollout, self.ref_model)
+            sync()
             t2 = time.perf_counter()
             adapter.model.train()
             policy_update(adapter, rollout, config, self.ref_model, self.optimizer, self.scheduler, self.params)
+            sync()
             t3, c3 = time.perf_counter(), time.process_time()
         self.last_rollout = rollout
         return StepTimes(generate=gen[0], rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],

@@ -13,6 +13,9 @@ FrozenTowerAdapter
     The tower output of each prompt's pixels is kept (bounded, keyed by the pixel tensor) and only the merger
     (the trainable connector, Video-R1 trains it) runs again per forward.
 
+draw_inverse_cdf
+    The sampling draw with one uniform number per row instead of torch.multinomial on the CPU.
+
 decode_by_keyframes
     Frame decoding that jumps from keyframe to keyframe instead of decoding the whole clip up to the last
     sampled frame.
@@ -171,3 +174,13 @@ def decode_by_keyframes(path: str | Path, indices: np.ndarray) -> np.ndarray:
                     kept[target] = frame.to_ndarray(format="rgb24")
                     break
     return np.stack([kept[i] for i in indices.tolist()])
+
+
+def draw_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` [N, V] -> [N], on `probs`' device: u ~ U(0, 1) per row from the (CPU)
+    generator, token = first index whose cumulative probability exceeds u * total. Exactly the categorical
+    distribution, from N random numbers instead of the N * V that `torch.multinomial` draws on the CPU
+    (`sample_completions` copies the probabilities to the CPU and draws there, every token)."""
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)  # [N, 1]
+    cdf = probs.double().cumsum(-1)  # [N, V]
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1).squeeze(-1)

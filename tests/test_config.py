@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+import framethink
 import framethink.rl.trainer as rl_trainer
 import framethink.sft.trainer as sft_trainer
 from framethink.config import RewardSpec, load_config, save_config, to_dict
 from framethink.errors import ConfigError, DataError
 
 pytest_plugins = ["fixtures_training"]
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(framethink.__file__).parent / "recipes"
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ The loss covers the assistant tokens only: prompt and vision pads are never targ
 is scored as a completion after the prompt. `sft.answer` chooses what the answer slot teaches:
   gold    the gold answer (the reference cold start);
   mask    nothing: the answer tokens are kept out of the loss;
-  random  a uniformly drawn option letter: the model learns to answer with a valid letter, but which
-          letter is right must come from reward (a cold start that leaves the choice to RL).
+  random  the letter of an option drawn uniformly among those the chain of thought mentions (all options
+          if it mentions none): the model learns to answer with a letter its reasoning names, but which of
+          them is right must come from reward (a cold start that leaves the choice to RL).
 Same engine, checkpoints and logging as RL.
 """
 from __future__ import annotations
@@ -38,6 +39,14 @@ class Target:
     weights: torch.Tensor  # [T] 1 where the token is a target, 0 where masked
 
 
+def mentioned_letters(record: Record) -> list[str]:
+    """Letters of the options whose text the chain of thought names (all letters if it names none)."""
+    cot = (record.cot or "").lower()
+    letters = [opt.split(".", 1)[0].strip() for opt in record.options
+               if re.search(rf"\b{re.escape(opt.split('.', 1)[1].strip().lower())}\b", cot)]
+    return letters or record.option_letters()
+
+
 def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Target:
     """Tokenise `process + "\\n" + solution` in three pieces (before, inside and after the answer) so the
     answer tokens can be masked or replaced."""
@@ -49,7 +58,7 @@ def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Targ
     if mode == "random":
         if not record.options:
             raise ConfigError(f"{record.origin}: sft.answer=random needs multiple-choice records")
-        answer = rng.choice(record.option_letters())
+        answer = rng.choice(mentioned_letters(record))
     pieces = [text[: match.start(2)], answer, text[match.end(2):]]
     ids = [adapter.tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
     weight = [1.0, 0.0 if mode == "mask" else 1.0, 1.0]

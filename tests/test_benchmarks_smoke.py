@@ -1,0 +1,120 @@
+"""Smoke tests of the benchmark scripts: each core function runs on a minimal setting and reports what it counted.
+
+No timing is asserted. The counts are hand-computed from the designs (per step, B prompts, G + G~ rows):
+framethink calls the vision encoder 3 times (rollout, reference, policy), the reference design G + G~ + 2 times.
+The prototypes must give the released adapter's numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
+from benchmarks.common import FramethinkRun, rl_config, write_clip, write_video_records
+from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert, decode_by_keyframes, draw_inverse_cdf
+from fixtures_models import SMALL_SIZES
+from framethink.data.video import sample_frames
+from framethink.models.adapter import Decoding
+
+TINY_GPU_SIZES = {  # bench_gpu's layout, at SMALL_SIZES
+    "text_config": {"vocab_size": 832, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                    "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}},
+    "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                      "fullatt_block_indexes": [1], "tokens_per_second": 2, "window_size": 112},
+    "tie_word_embeddings": True,
+}
+
+
+def test_trl_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
+    result = bench_trl.run(tmp_path, prompts=1, g=2, new_tokens=2, image_size=56, steps=1, warmup=0, sizes=SMALL_SIZES)
+    assert result["framethink"]["vision_calls_per_step"] == 3
+    assert result["framethink"]["clips_encoded_per_step"] == 3  # one image, once per forward
+    assert result["trl"]["vision_calls_per_step"] == 3
+    assert result["trl"]["clips_encoded_per_step"] == 6  # one copy of the image per completion
+    assert result["framethink+prefix"]["mean_completion_length"] <= 2
+
+
+def test_reference_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
+    result = bench_reference.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, steps=1, warmup=0,
+                                 sizes=SMALL_SIZES)
+    ref, ours, proto = result["reference"], result["framethink"], result["framethink+prototypes"]
+    assert (ref["vision_calls_per_step"], ref["clips_encoded_per_step"]) == (2 + 1 + 2, 2 + 1 + 2 * 2)
+    assert (ours["vision_calls_per_step"], ours["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
+    assert (proto["vision_calls_per_step"], proto["clips_encoded_per_step"]) == (1, 2)
+    assert ref["rows_per_step"] == ours["rows_per_step"] == 3
+
+
+def test_decode_benchmark_matches_decord(tmp_path: Path) -> None:
+    result = bench_decode.run(tmp_path, clips=((3, 64),), frame_counts=(4,), repeats=1)
+    (row,) = result["rows"]
+    assert row["frames"] == 4
+    assert row["max_pixel_difference"] == {"decord": 0, "keyframe_seek_prototype": 0}
+
+
+def test_memory_benchmark_measures_one_step(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
+    train_file = write_video_records(tmp_path / "clips", 1, num_frames=4, size=56)
+    out = bench_memory.measure_in_fresh_process("reference", tiny_qwen25_vl_dir, train_file, frames=4, size=56,
+                                                prompts=1, g=2, gs=1, new_tokens=2)
+    assert out["rows"] == 3 and out["frames"] == 4
+    assert out["step_peak_mib"] > 0
+
+
+def test_fastpaths_benchmark_shares_vision(tmp_path: Path) -> None:
+    result = bench_fastpaths.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, repeats=1,
+                                 sizes=SMALL_SIZES)
+    assert result["clips_encoded"] == {"generate, shared": 2, "generate, per row": 3}
+    assert len(result["results"]) == 9
+
+
+def test_gpu_benchmark_runs_on_cpu_and_computes_the_bound(tmp_path: Path) -> None:
+    result = bench_gpu.benchmark(TINY_GPU_SIZES, tmp_path, device="cpu", frames=4, g=2, gs=1, new_tokens=3, steps=1,
+                                 warmup=0, bandwidth_tbs=1.0)
+    assert result["setting"]["prompt_tokens"] > 2 * 128  # 2 tubelets of 448x224 frames: 128 merged tokens each
+    assert result["completion_tokens_per_step"] <= 3 * 3
+    model = bench_gpu.build_model(TINY_GPU_SIZES, bench_gpu.build_offline_tokenizer(), device="cpu", dtype=torch.bfloat16)
+    bound = bench_gpu.decode_bound(model, rows=3, context=100, bandwidth=1e12)
+    lm_bytes = 2 * sum(p.numel() for p in model.model.language_model.parameters())  # tied head = the embedding
+    kv_bytes = 3 * 2 * 2 * 2 * 16 * 2 * 100  # rows * layers * (k, v) * kv heads * head dim * bf16 bytes * context
+    assert bound["weight_gb"] == pytest.approx(lm_bytes / 1e9)
+    assert bound["kv_gb_at_mean_context"] == pytest.approx(kv_bytes / 1e9)
+    assert bound["tokens_per_s"] == pytest.approx(3 * 1e12 / (lm_bytes + kv_bytes))
+    assert bench_gpu.card_bandwidth("NVIDIA H100 80GB HBM3") == 3.35
+    assert bench_gpu.card_bandwidth("NVIDIA H200") == 4.8
+
+
+def test_prototypes_give_the_released_numbers(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
+    train_file = write_video_records(tmp_path / "clips", 2, num_frames=4, size=56)
+    run = FramethinkRun.build(rl_config(tiny_qwen25_vl_dir, train_file))
+    adapter, template = run.adapter, run.config.data.template
+    prompts = [adapter.encode(r, template=template) for r in run.records]
+    prompts.append(adapter.encode(run.records[1], template=template, frame_order="shuffled", seed=1))
+    rows = [0, 0, 1, 1, 1, 2]
+    done = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    expected = adapter.completion_logprobs(prompts, rows, done.tokens)
+    for cls in (PrefixSharingAdapter, FrozenTowerAdapter):
+        proto = convert(adapter, cls)
+        again = proto.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+        assert torch.equal(again.tokens, done.tokens)
+        for _ in range(2):  # the second call reuses the frozen tower's output
+            torch.testing.assert_close(proto.completion_logprobs(prompts, rows, done.tokens), expected,
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_inverse_cdf_draw_follows_the_probabilities() -> None:
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)  # [40000, 4]
+    tokens = draw_inverse_cdf(probs, torch.Generator().manual_seed(0)).view(-1, 2)
+    freq = torch.bincount(tokens[:, 0], minlength=4).float() / tokens.shape[0]
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01, rtol=0)
+    assert torch.all(tokens[:, 1] == 3)
+
+
+def test_keyframe_decoding_matches_sample_frames(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", width=64, height=48, seconds=4, fps=12, gop=6)
+    expected = sample_frames(clip, rule="uniform", num_frames=5)  # 48 frames, keyframes every 6
+    np.testing.assert_array_equal(decode_by_keyframes(clip, expected.indices), expected.frames)
+    assert expected.indices.tolist() == [0, 11, 23, 35, 47]  # decoding jumps past keyframes 6 and 30
