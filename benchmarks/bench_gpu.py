@@ -17,7 +17,6 @@ Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct); the special-token ids are the off
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -30,12 +29,10 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from benchmarks.common import FramethinkRun, print_result, rl_config, stats, write_clip
 from framethink.data.records import load_records
-from framethink.engine import build_optimizer, build_scheduler
 from framethink.models.adapter import Decoding
 from framethink.models.qwen_vision import QwenVisionProcessor
 from framethink.models.qwen_vl import FrameRule, QwenVLAdapter
 from framethink.models.tokenizer import build_offline_tokenizer
-from framethink.rl.trainer import trainable_parameters
 
 VISION_7B_3B = {  # the same tower in both; only the merger's output width differs
     "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_chans": 3, "patch_size": 14,
@@ -108,19 +105,12 @@ def benchmark(sizes: dict, work: Path, *, device: str, dtype: torch.dtype = torc
     config = rl_config(work, work / "train.json", "rl.algorithm=tgrpo", f"rl.num_generations={g}", f"rl.num_shuffled={gs}",
                        f"rl.max_new_tokens={new_tokens}", "rl.beta=0.04", "optim.prompts_per_step=1",
                        f"optim.grad_accum={grad_accum}", f"run.max_steps={warmup + steps}", f"data.max_frames={frames}",
-                       "model.dtype=bfloat16")
+                       "model.dtype=bfloat16", f"model.gradient_checkpointing={str(checkpointing).lower()}")
     tokenizer = build_offline_tokenizer()
     model = build_model(sizes, tokenizer, device=device, dtype=dtype)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     processor = QwenVisionProcessor(video_min_pixels=VIDEO_PIXELS, video_max_pixels=VIDEO_PIXELS)
     adapter = QwenVLAdapter(model, tokenizer, processor, frames=FrameRule(max_frames=frames))
-    run = FramethinkRun(config=config, records=load_records(work / "train.json"), adapter=adapter)
-    run.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    run.params, _ = trainable_parameters(adapter, config)
-    run.optimizer = build_optimizer(run.params, config.optim)
-    run.scheduler = build_scheduler(run.optimizer, config.optim, config.run.max_steps)
-    run.generator = torch.Generator().manual_seed(0)
+    run = FramethinkRun.from_adapter(config, adapter, load_records(work / "train.json"), work / "run")
     cuda = torch.device(device).type == "cuda"
     loaded = torch.cuda.memory_allocated() if cuda else 0
 

@@ -127,7 +127,7 @@ class ReferenceDesign:
             bonus = temporal_bonus(acc, acc_shuffled, torch.ones(b, dtype=torch.bool), alpha=rl.temporal_alpha,
                                    mu=rl.temporal_mu, strict=rl.temporal_strict)
             advantages = group_advantages(rewards + bonus.bonus, scale_by_std=rl.scale_by_std, eps=rl.advantage_eps,
-                                          noise_std=rl.advantage_noise, generator=run.generator).reshape(-1)  # [B*G]
+                                          noise_std=rl.advantage_noise, generator=run.state.generator).reshape(-1)  # [B*G]
             t1 = time.perf_counter()
             rows = collate(ordered, pad, repeats=g)  # pixels repeated per completion
             with torch.no_grad():
@@ -138,10 +138,8 @@ class ReferenceDesign:
             loss, _ = grpo_loss(logp, None, ref_logp, advantages, done.mask, epsilon=rl.epsilon, beta=rl.beta,
                                 normalization=rl.normalization, max_completion_length=rl.max_new_tokens)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(run.params, run.config.optim.grad_clip)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scheduler.step()
+            run.state.optimizer_step()  # the trainer's: clip, AdamW, zero the gradients
+            run.state.scheduler.step()
             t3, c3 = time.perf_counter(), time.process_time()
         return StepTimes(generate=generate, rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
                          vision_clips=calls[1], rows=b * (g + gs),

@@ -58,7 +58,7 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
         max_completion_length=new_tokens, temperature=1.0, top_p=1.0, beta=beta, learning_rate=lr,
         weight_decay=0.01, max_grad_norm=5.0, lr_scheduler_type="cosine", loss_type="grpo", scale_rewards="group",
         max_steps=warmup + steps, logging_steps=10_000, save_strategy="no", report_to="none", use_cpu=True,
-        seed=0, disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
+        seed=0, disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False, bf16=False,  # fp32, as framethink
     )
     clock = StepClock()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)

@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -24,9 +24,12 @@ from PIL import Image
 from framethink.config import TrainConfig, load_config
 from framethink.data.records import Record, load_records
 from framethink.data.synth import write_synthetic_dataset
-from framethink.engine import build_optimizer, build_scheduler
+from framethink.engine import (
+    RunLogger, TrainingRun, build_optimizer, build_scheduler, make_accelerator, seed_everything, start_run,
+    trainable_parameters,
+)
 from framethink.rl.rollout import Rollout, collect_rollout
-from framethink.rl.trainer import build_adapter, policy_update, reference_logprobs, trainable_parameters
+from framethink.rl.trainer import policy_update, reference_logprobs
 
 from benchmarks.prototypes import convert
 
@@ -108,7 +111,8 @@ def write_clip(path: Path, *, width: int, height: int, seconds: float, fps: int,
 
 def rl_config(model_dir: Path, train_file: Path, *overrides: str) -> TrainConfig:
     """A recipe for benchmark steps: no logging, no checkpoints; `overrides` are `key=value` strings."""
-    base = [f"model.path={model_dir}", f"data.train_file={train_file}", "run.report_to=[none]",
+    base = [f"model.path={model_dir}", f"data.train_file={train_file}", f"run.out={train_file.parent / 'run'}",
+            "run.report_to=[none]",
             "run.save_every=0", "run.sample_every=0", "rl.top_p=1.0"]
     return load_config(None, [*base, *overrides])
 
@@ -135,32 +139,45 @@ class StepTimes:
 
 @dataclass
 class FramethinkRun:
-    """The trainer's state for `train_rl`'s step body: adapter, reference model, optimiser, schedule, RNG."""
+    """`train_rl`'s state (the engine's `TrainingRun`: adapter, optimiser, schedule, RNG), its reference model and
+    records, and its step body with the phases timed."""
 
-    config: TrainConfig
+    state: TrainingRun
     records: list[Record]
-    adapter: object = None
-    ref_model: torch.nn.Module | None = None
-    params: list[torch.nn.Parameter] = field(default_factory=list)
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: object = None
-    generator: torch.Generator | None = None
+    ref_model: torch.nn.Module | None
     last_rollout: Rollout | None = None
 
     @classmethod
     def build(cls, config: TrainConfig, adapter_cls: type | None = None) -> FramethinkRun:
-        """The trainer's state as `train_rl` builds it; `adapter_cls` swaps in a prototype adapter class."""
-        torch.manual_seed(config.run.seed)
-        run = cls(config=config, records=load_records(config.data.train_file, root=config.data.root))
-        run.adapter = build_adapter(config, "cpu")
+        """The state `train_rl` starts from; `adapter_cls` swaps in a prototype adapter class."""
+        seed_everything(config.run.seed)
+        state = start_run(config, make_accelerator(config), resume=False)
         if adapter_cls is not None:
-            run.adapter = convert(run.adapter, adapter_cls)
-        run.ref_model = copy.deepcopy(run.adapter.model).eval().requires_grad_(False) if config.rl.beta > 0 else None
-        run.params, _ = trainable_parameters(run.adapter, config)
-        run.optimizer = build_optimizer(run.params, config.optim)
-        run.scheduler = build_scheduler(run.optimizer, config.optim, config.run.max_steps)
-        run.generator = torch.Generator().manual_seed(config.run.seed)
-        return run
+            state.adapter = convert(state.adapter, adapter_cls)
+        return cls(state, load_records(config.data.train_file, root=config.data.root), reference_model(state.adapter, config))
+
+    @classmethod
+    def from_adapter(cls, config: TrainConfig, adapter, records: list[Record], out: Path) -> FramethinkRun:
+        """The same state around an adapter built in memory (a randomly initialised real-size model)."""
+        if config.model.gradient_checkpointing:
+            adapter.model.gradient_checkpointing_enable()
+        params, lora = trainable_parameters(adapter, config)
+        optimizer = build_optimizer(params, config.optim)
+        state = TrainingRun(
+            config=config, accelerator=make_accelerator(config), out=out, adapter=adapter, params=params, lora=lora,
+            optimizer=optimizer, scheduler=build_scheduler(optimizer, config.optim, config.run.max_steps),
+            generator=torch.Generator().manual_seed(config.run.seed), start_step=0,
+            logger=RunLogger(out, ["none"], enabled=False),
+        )
+        return cls(state, records, reference_model(adapter, config))
+
+    @property
+    def adapter(self):
+        return self.state.adapter
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.state.config
 
     def batch(self, step: int) -> list[Record]:
         b = self.config.optim.prompts_per_step
@@ -174,7 +191,7 @@ class FramethinkRun:
             c0, t0 = time.process_time(), time.perf_counter()
             adapter.model.eval()
             rollout = collect_rollout(adapter, self.batch(step), config.rl, template=config.data.template,
-                                      seed=config.run.seed * 1_000_003 + step, generator=self.generator)
+                                      seed=config.run.seed * 1_000_003 + step, generator=self.state.generator)
             sync()
             t1 = time.perf_counter()
             if config.rl.num_iterations > 1:
@@ -184,12 +201,17 @@ class FramethinkRun:
             sync()
             t2 = time.perf_counter()
             adapter.model.train()
-            policy_update(adapter, rollout, config, self.ref_model, self.optimizer, self.scheduler, self.params)
+            policy_update(adapter, rollout, self.state)
             sync()
             t3, c3 = time.perf_counter(), time.process_time()
         self.last_rollout = rollout
         return StepTimes(generate=gen[0], rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
                          vision_clips=calls[1], rows=gen[1], completion_tokens=gen[2], cpu=c3 - c0)
+
+
+def reference_model(adapter, config: TrainConfig) -> torch.nn.Module | None:
+    """A frozen copy of the policy, as `train_rl` makes it; none at beta 0 (SPEC 5)."""
+    return copy.deepcopy(adapter.model).eval().requires_grad_(False) if config.rl.beta > 0 else None
 
 
 @contextmanager

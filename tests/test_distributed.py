@@ -18,17 +18,18 @@ pytest_plugins = ["fixtures_training"]
 ENTRY = """
 import os, sys
 import torch
-import framethink.rl.trainer as trainer
+import framethink.engine as engine
 from framethink.config import load_config
+from framethink.rl.trainer import train_rl
 
-export = trainer.export_model
+finish = engine.TrainingRun.finish
 
-def export_and_dump(adapter, *args, **kwargs):
-    torch.save(adapter.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
-    return export(adapter, *args, **kwargs)
+def finish_and_dump(run):
+    torch.save(run.adapter.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+    return finish(run)
 
-trainer.export_model = export_and_dump
-trainer.train_rl(load_config(sys.argv[1]), quiet=True)
+engine.TrainingRun.finish = finish_and_dump
+train_rl(load_config(sys.argv[1]), quiet=True)
 """
 
 

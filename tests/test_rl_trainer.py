@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,12 +13,15 @@ from safetensors.torch import load_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
 
+import framethink.engine as engine
 import framethink.rl.rollout as rollout_module
 import framethink.rl.trainer as trainer
 from framethink.config import load_config
-from framethink.engine import build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, save_checkpoint
+from framethink.engine import (
+    build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, save_checkpoint, start_run,
+)
 from framethink.rl.rollout import collect_rollout
-from framethink.rl.trainer import build_adapter, policy_update, train_rl, trainable_parameters
+from framethink.rl.trainer import policy_update, train_rl
 
 pytest_plugins = ["fixtures_training"]
 METRICS = {
@@ -60,13 +64,13 @@ def _loss_calls(monkeypatch) -> list[dict]:
 
 def test_tgrpo_step_trains_the_unfrozen_parts_and_exports_them(recipe, tiny_qwen25_vl_dir, tmp_path, monkeypatch):
     exported = {}
-    original = trainer.export_model
+    original = engine.TrainingRun.finish
 
-    def capture(adapter, *args, **kwargs):
-        exported.update({k: v.detach().clone() for k, v in adapter.model.state_dict().items()})
-        return original(adapter, *args, **kwargs)
+    def capture(run):
+        exported.update({k: v.detach().clone() for k, v in run.adapter.model.state_dict().items()})
+        return original(run)
 
-    monkeypatch.setattr(trainer, "export_model", capture)
+    monkeypatch.setattr(engine.TrainingRun, "finish", capture)
     config = recipe("rl.algorithm=tgrpo", "rl.beta=0.04", "run.report_to=[tensorboard]")
     final = train_rl(config, quiet=True)
 
@@ -90,17 +94,15 @@ def test_tgrpo_step_trains_the_unfrozen_parts_and_exports_them(recipe, tiny_qwen
 
 def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
     config = recipe("rl.beta=0", "rl.algorithm=grpo")
-    adapter = build_adapter(config, "cpu")
-    params, _ = trainable_parameters(adapter, config)
-    optimizer = build_optimizer(params, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, 1)
+    run = start_run(config, make_accelerator(config), resume=False)
+    adapter, params = run.adapter, run.params
     grads: list[list[torch.Tensor | None]] = []
-    optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad for p in params]))
+    run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad for p in params]))
     rollout = collect_rollout(adapter, synth_records, config.rl, template="video-r1", seed=0,
                               generator=torch.Generator().manual_seed(0))
     for advantages in (torch.zeros_like(rollout.advantages), torch.linspace(-1, 1, len(rollout.advantages))):
         rollout.advantages = advantages
-        policy_update(adapter, rollout, config, None, optimizer, scheduler, params)
+        policy_update(adapter, rollout, run)
     zero, control = grads
     assert all(g is not None for g in zero)  # the graph reached every trainable parameter ...
     assert all(torch.equal(g, torch.zeros_like(g)) for g in zero)  # ... with exactly zero gradient
@@ -109,16 +111,15 @@ def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
 
 def test_gradient_accumulation_matches_one_batch(recipe, synth_records):
     config = recipe("rl.beta=0", "rl.algorithm=grpo", "optim.lr=0")  # lr 0: every update sees the same weights
-    adapter = build_adapter(config, "cpu")
-    params, _ = trainable_parameters(adapter, config)
-    optimizer = build_optimizer(params, config.optim)
+    run = start_run(config, make_accelerator(config), resume=False)
+    adapter, params = run.adapter, run.params
     grads = []
-    optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad.clone() for p in params]))
+    run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad.clone() for p in params]))
     rollout = collect_rollout(adapter, synth_records, config.rl, template="video-r1", seed=0,
                               generator=torch.Generator().manual_seed(0))
     for accum in (1, 2, 4):
         config.optim.grad_accum = accum
-        policy_update(adapter, rollout, config, None, optimizer, build_scheduler(optimizer, config.optim, 1), params)
+        policy_update(adapter, rollout, run)
     one, *accumulated = grads
     assert any(g.abs().max() > 0 for g in one)
     for other in accumulated:  # 8 rows in 2 or 4 micro-batches: the same mean over sequences
@@ -126,7 +127,8 @@ def test_gradient_accumulation_matches_one_batch(recipe, synth_records):
 
 
 def test_beta_zero_loads_no_reference_model(recipe, monkeypatch):
-    updates = _spy(monkeypatch, "policy_update")
+    copies = []
+    monkeypatch.setattr(engine, "copy", SimpleNamespace(deepcopy=lambda obj: copies.append(obj) or obj))
     losses = _loss_calls(monkeypatch)
     models = set()
     forward = qwen25.Qwen2_5_VLTextModel.forward
@@ -137,8 +139,7 @@ def test_beta_zero_loads_no_reference_model(recipe, monkeypatch):
 
     monkeypatch.setattr(qwen25.Qwen2_5_VLTextModel, "forward", language)
     train_rl(recipe("rl.beta=0"), quiet=True)
-    (args, _), = updates
-    assert args[3] is None  # policy_update's reference model
+    assert not copies  # no reference copy of the policy was made
     assert len(losses) == 1 and losses[0]["ref"] is None
     assert len(models) == 1  # one language model ran: the policy
 
@@ -177,7 +178,7 @@ def test_dr_grpo_and_token_normalisation_train(recipe, tiny_qwen25_vl_dir, monke
 
 def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen25_vl_dir, monkeypatch):
     trained, frozen = [], []
-    original = trainer.trainable_parameters
+    original = engine.trainable_parameters
 
     def record(adapter, config):
         params, lora = original(adapter, config)
@@ -186,7 +187,7 @@ def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen2
             (trained if id(p) in ids else frozen).append((name, p.requires_grad))
         return params, lora
 
-    monkeypatch.setattr(trainer, "trainable_parameters", record)
+    monkeypatch.setattr(engine, "trainable_parameters", record)
     final = train_rl(recipe("model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"), quiet=True)
 
     assert trained and all("lora_" in name and grad for name, grad in trained)

@@ -9,6 +9,7 @@ nccl on GPU); accelerate provides the device, the process group and mixed precis
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -257,3 +258,122 @@ def prepare_run_dir(config: TrainConfig, accelerator: Accelerator) -> Path:
         save_config(config, out / "config.yaml")
     accelerator.wait_for_everyone()
     return out
+
+
+# ---------------------------------------------------------------------------- one training run
+def build_adapter(config: TrainConfig, device: str):
+    """The policy adapter with the recipe's frame rule, pixel bounds, template and system message."""
+    from framethink.models.qwen_vl import FrameRule
+    from framethink.models.registry import load_adapter
+
+    data = config.data
+    frames = FrameRule(rule=data.frame_rule, fps=data.fps, min_frames=data.min_frames, max_frames=data.max_frames,
+                       num_frames=data.num_frames)
+    return load_adapter(
+        config.model.path, frames=frames, max_pixels=data.video_max_pixels, video_min_pixels=data.video_min_pixels,
+        image_max_pixels=data.image_max_pixels, image_min_pixels=data.image_min_pixels, template=data.template,
+        system=data.system, dtype=DTYPES[config.model.dtype], device=device, frame_cache_size=data.frame_cache_size,
+    )
+
+
+def trainable_parameters(adapter, config: TrainConfig) -> tuple[list[torch.nn.Parameter], Any]:
+    """Freeze switches, or LoRA adapters when enabled; returns (parameters, peft LoRA model or None)."""
+    if config.model.lora.enabled:
+        lora = apply_lora(adapter.model, config.model)
+        return [p for p in adapter.model.parameters() if p.requires_grad], lora
+    return set_trainable(adapter.parameter_groups(), config.model), None
+
+
+@dataclass
+class TrainingRun:
+    """Everything one RL or SFT run holds: processes, model, optimiser, schedule, RNG, logger."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    out: Path
+    adapter: Any
+    params: list[torch.nn.Parameter]
+    lora: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    start_step: int
+    logger: RunLogger
+    reference: Any = None  # frozen copy of the initial policy (RL with a KL term), or None
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def steps(self, desc: str, quiet: bool):
+        """The remaining steps, with a progress bar and ETA on the main process."""
+        from tqdm.auto import tqdm
+
+        total = self.config.run.max_steps
+        return tqdm(range(self.start_step, total), initial=self.start_step, total=total, desc=desc,
+                    disable=quiet or not self.accelerator.is_main_process)
+
+    def batch_indices(self, step: int, num_records: int) -> list[int]:
+        c = self.config
+        return batch_indices(step, c.optim.prompts_per_step, self.rank, self.world, num_records, c.run.seed, c.data.shuffle)
+
+    def optimizer_step(self) -> float:
+        """Average gradients over processes, clip, step; returns the gradient norm before clipping."""
+        average_gradients(self.params)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def end_step(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Average the step's metrics over processes, log them, write a checkpoint when due."""
+        run = self.config.run
+        metrics = mean_over_processes(metrics, self.accelerator)
+        if (step + 1) % run.log_every == 0:
+            self.logger.log(step + 1, metrics)
+        if run.save_every and (step + 1) % run.save_every == 0 and step + 1 < run.max_steps:
+            save_checkpoint(self.out, step + 1, self.adapter.model, self.params, self.optimizer, self.scheduler,
+                            self.generator, self.accelerator, {})
+        return metrics
+
+    def finish(self) -> Path:
+        """Close the logs and export the final model in the Hugging Face layout (LoRA merged), with
+        `framethink.json` recording the template, system message and frame rule it was trained with."""
+        from framethink.models.registry import write_training_settings
+
+        self.logger.close()
+        self.adapter.model.eval()
+        if self.lora is not None:
+            self.adapter.model = self.lora.merge_and_unload()
+        final = self.out / "final"
+        if self.accelerator.is_main_process:
+            self.adapter.save_pretrained(final)
+            write_training_settings(final, template=self.config.data.template, system=self.config.data.system,
+                                    frames=self.adapter.frames)
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False) -> TrainingRun:
+    """Load the model through its adapter, keep a frozen copy of it as the reference model when asked, apply
+    freezing / LoRA / gradient checkpointing, build the optimiser and schedule, and restore the newest complete
+    checkpoint when resuming (the reference stays the initial policy)."""
+    out = prepare_run_dir(config, accelerator)
+    adapter = build_adapter(config, str(accelerator.device))
+    reference_model = copy.deepcopy(adapter.model).eval().requires_grad_(False) if reference else None
+    if config.model.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable()
+    params, lora = trainable_parameters(adapter, config)
+    optimizer = build_optimizer(params, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
+    generator = torch.Generator().manual_seed(config.run.seed * 1000 + accelerator.process_index)
+    start_step = 0
+    if resume and (ckpt := latest_checkpoint(out)) is not None:
+        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator)["step"]
+    logger = RunLogger(out, config.run.report_to, enabled=accelerator.is_main_process)
+    return TrainingRun(config, accelerator, out, adapter, params, lora, optimizer, scheduler, generator, start_step, logger,
+                       reference_model)

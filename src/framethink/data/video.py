@@ -127,7 +127,7 @@ def load_image(path: str | Path) -> SampledFrames:
                 rgb = image.convert("RGB")
     except OSError as err:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
         raise VideoDecodeError(path, f"cannot decode image: {err}") from err
-    frames = np.asarray(rgb, dtype=np.uint8)[None]  # [1, H, W, 3]
+    frames = np.array(rgb, dtype=np.uint8)[None]  # [1, H, W, 3], writable
     return SampledFrames(frames=frames, fps=0.0, timestamps=np.zeros(1), indices=np.zeros(1, dtype=np.int64))
 
 

@@ -54,10 +54,8 @@ def sample_completions(
     tokens, masks = [], []
     logits = step(None)  # [N, V]
     greedy = not decoding.do_sample or decoding.temperature <= 0
-    for _ in range(decoding.max_new_tokens):
-        logits = logits.float()
-        if suppress.numel():
-            logits[:, suppress] = float("-inf")
+    for position in range(decoding.max_new_tokens):
+        logits = logits.float().index_fill(-1, suppress.to(logits.device), float("-inf"))  # a copy: the model's output stays intact
         if greedy:
             next_tokens = logits.argmax(-1)  # [N]
         else:
@@ -68,7 +66,7 @@ def sample_completions(
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
         tokens.append(next_tokens)
         finished |= torch.isin(next_tokens, eos)
-        if bool(finished.all()):
+        if bool(finished.all()) or position + 1 == decoding.max_new_tokens:
             break
         logits = step(next_tokens)
     return Completions(tokens=torch.stack(tokens, 1), mask=torch.stack(masks, 1))

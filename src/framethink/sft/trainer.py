@@ -18,17 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from framethink.config import TrainConfig, validate
 from framethink.data.prompts import sft_target
 from framethink.data.records import Record, load_records
-from framethink.engine import (
-    RunLogger, average_gradients, batch_indices, build_optimizer, build_scheduler, latest_checkpoint,
-    load_checkpoint, make_accelerator, mean_over_processes, prepare_run_dir, save_checkpoint, seed_everything,
-)
+from framethink.engine import make_accelerator, seed_everything, start_run
 from framethink.errors import ConfigError
-from framethink.rl.trainer import build_adapter, export_model, trainable_parameters
 
 ANSWER = re.compile(r"(<answer>\s*)(.*?)(\s*</answer>)", re.DOTALL)
 
@@ -84,33 +79,19 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     """Run the SFT recipe; returns the directory of the exported final model."""
     validate(config)  # a config built in code gets the checks load_config makes, before any model loads
     accelerator = make_accelerator(config)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    seed_everything(config.run.seed + rank)
+    seed_everything(config.run.seed + accelerator.process_index)
     records = load_records(config.sft.train_file, root=config.data.root)
     missing = [r.origin for r in records if r.cot is None]
     if missing:
         raise ConfigError(f"{len(missing)} SFT records have no <think> process, first: {missing[0]}")
-    out = prepare_run_dir(config, accelerator)
-
-    adapter = build_adapter(config, str(accelerator.device))
-    params, lora = trainable_parameters(adapter, config)
-    optimizer = build_optimizer(params, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
-    generator = torch.Generator().manual_seed(config.run.seed * 1000 + rank)
-    start_step = 0
-    if resume and (ckpt := latest_checkpoint(out)) is not None:
-        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator)["step"]
-    logger = RunLogger(out, config.run.report_to, enabled=accelerator.is_main_process)
+    run = start_run(config, accelerator, resume=resume)
+    adapter = run.adapter
 
     adapter.model.train()
-    bar = tqdm(range(start_step, config.run.max_steps), initial=start_step, total=config.run.max_steps,
-               disable=quiet or not accelerator.is_main_process, desc="sft")
-    for step in bar:
+    for step in (bar := run.steps("sft", quiet)):
         t0 = time.perf_counter()
-        indices = batch_indices(step, config.optim.prompts_per_step, rank, world, len(records), config.run.seed,
-                                config.data.shuffle)
-        batch = [records[i] for i in indices]
-        rng = random.Random(config.run.seed * 1_000_003 + step * world + rank)  # the random answer letters
+        batch = [records[i] for i in run.batch_indices(step, len(records))]
+        rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
         prompts = [adapter.encode(r, template=config.data.template) for r in batch]
         targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
         micro = -(-len(batch) // config.optim.grad_accum)
@@ -120,19 +101,9 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
             loss = sft_loss(adapter, prompts[part], targets[part]) * len(prompts[part]) / len(batch)
             loss.backward()
             total += loss.item()
-        average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip).item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        metrics = {"loss/sft": total, "loss/grad_norm": grad_norm, "loss/lr": scheduler.get_last_lr()[0],
-                   "time/update": time.perf_counter() - t0}
-        metrics = mean_over_processes(metrics, accelerator)
-        if (step + 1) % config.run.log_every == 0:
-            logger.log(step + 1, metrics)
+        grad_norm = run.optimizer_step()
+        run.scheduler.step()
+        metrics = run.end_step(step, {"loss/sft": total, "loss/grad_norm": grad_norm,
+                                      "loss/lr": run.scheduler.get_last_lr()[0], "time/update": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")
-        if config.run.save_every and (step + 1) % config.run.save_every == 0 and step + 1 < config.run.max_steps:
-            save_checkpoint(out, step + 1, adapter.model, params, optimizer, scheduler, generator, accelerator, {})
-    logger.close()
-    adapter.model.eval()
-    return export_model(adapter, lora, out / "final", accelerator, config)
+    return run.finish()
