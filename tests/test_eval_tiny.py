@@ -7,7 +7,7 @@ from framethink.eval.benchmarks import load_benchmark
 from framethink.eval.predictions import read_predictions
 from framethink.eval.runner import RunSettings, evaluate, template_for
 from framethink.models.adapter import FRAME_ORDERS, Decoding
-from framethink.models.qwen_vl import FrameRule
+from framethink.data.clips import FrameRule
 from framethink.models.registry import load_adapter
 from framethink.models.tiny import build_tiny
 

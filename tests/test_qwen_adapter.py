@@ -162,7 +162,7 @@ def test_pixels_fps_and_each_models_own_encoder_change_the_log_probs(adapter, sy
     reference = copy.deepcopy(adapter.model)
     prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
     rows = [0, 1]
-    tokens = adapter.tokenize_target("<think>red</think><answer>A</answer>").expand(2, -1)
+    tokens = torch.tensor(adapter.tokenizer("<think>red</think><answer>A</answer>")["input_ids"]).expand(2, -1)
 
     def variant(**changes):
         return [replace(p, inputs={**p.inputs, **{k: f(p.inputs[k]) for k, f in changes.items()}}) for p in prompts]

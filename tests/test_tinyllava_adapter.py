@@ -25,7 +25,7 @@ from framethink.eval.benchmarks import load_benchmark
 from framethink.eval.predictions import read_predictions
 from framethink.eval.runner import RunSettings, run_eval
 from framethink.models.adapter import Decoding
-from framethink.models.qwen_vl import FrameRule
+from framethink.data.clips import FrameRule
 from framethink.models.registry import load_adapter
 from framethink.models.siglip_frames import preprocess_siglip_frames
 from framethink.models.tinyllava import TINYLLAVA_SYSTEM, TinyLlavaVideoForConditionalGeneration, tinyllava_prompt

@@ -263,7 +263,7 @@ def prepare_run_dir(config: TrainConfig, accelerator: Accelerator) -> Path:
 # ---------------------------------------------------------------------------- one training run
 def build_adapter(config: TrainConfig, device: str):
     """The policy adapter with the recipe's frame rule, pixel bounds, template and system message."""
-    from framethink.models.qwen_vl import FrameRule
+    from framethink.data.clips import FrameRule
     from framethink.models.registry import load_adapter
 
     data = config.data

@@ -12,7 +12,7 @@ import torch
 
 from framethink.data.records import Record
 
-FRAME_ORDERS = ("ordered", "shuffled", "reversed")
+from framethink.data.clips import FRAME_ORDERS, FrameRule  # noqa: F401  (the orders and rules every adapter takes)
 
 
 @dataclass(frozen=True)

@@ -15,29 +15,19 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from framethink.data.cache import LRUCache
+from framethink.data.clips import ClipReader, FrameRule, check_frame_order
 from framethink.data.prompts import build_messages
 from framethink.data.records import Record
-from framethink.data.video import SampledFrames, load_image, permute_frames, sample_frames
-from framethink.errors import ConfigError
-from framethink.models.adapter import FRAME_ORDERS, Decoding, EncodedPrompt
+from framethink.data.video import load_image
+from framethink.models.adapter import Decoding, EncodedPrompt
 from framethink.models.loader import load_qwen_vl
 from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
-from framethink.models.sampling import Completions, sample_completions
+from framethink.models.sampling import (
+    Completions, completion_logprobs_from_logits, decode_completions, sample_completions,
+)
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
-
-
-@dataclass(frozen=True)
-class FrameRule:
-    """How clips are sampled (SPEC 2.1): the Qwen-VL fps rule or exactly `num_frames` uniform frames."""
-
-    rule: str = "qwen"
-    fps: float = 2.0
-    min_frames: int = 4
-    max_frames: int = 16
-    num_frames: int = 16
 
 
 @dataclass
@@ -67,8 +57,8 @@ class QwenVLAdapter:
         name: str = "",
     ) -> None:
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
-        self.frames, self.system, self.name = frames, system, name
-        self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
+        self.system, self.name = system, name
+        self.clips = ClipReader(frames, frame_cache_size)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None})
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -96,35 +86,15 @@ class QwenVLAdapter:
         self.processor.save_pretrained(out)
 
     # ------------------------------------------------------------------ encoding
-    def _frames(self, record: Record) -> SampledFrames:
-        path = record.media[0]
-        rule = self.frames
-        key = (str(path), rule, record.start, record.end)
-        return self._frame_cache.get_or_compute(
-            key,
-            lambda: sample_frames(
-                path, rule=rule.rule, fps=rule.fps, min_frames=rule.min_frames, max_frames=rule.max_frames,
-                num_frames=rule.num_frames, start=record.start, end=record.end,
-                folder_fps=record.extra.get("fps", 3.0),  # frame folders (MVBench) carry their rate
-            ),
-        )
-
     def encode(self, record: Record, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
         """Decode the record's media (frames reordered as asked) and build the prompt's model inputs."""
-        if frame_order not in FRAME_ORDERS:
-            raise ConfigError(f"frame order {frame_order!r} is not one of {', '.join(FRAME_ORDERS)}")
+        check_frame_order(frame_order)
         messages = build_messages(record, template, system=self.system)
         images, videos, meta = [], [], {}
         if record.media_kind == "video":
-            sampled = self._frames(record)
-            frames = sampled.frames
-            if frame_order == "shuffled":
-                frames, perm = permute_frames(frames, seed)
-                meta["permutation"] = perm.tolist()
-            elif frame_order == "reversed":
-                frames = frames[::-1].copy()
-            videos.append((frames, sampled.fps))
-            meta["num_frames"], meta["fps"] = len(frames), sampled.fps
+            clip = self.clips.read(record, frame_order, seed)
+            videos.append((clip.frames, clip.fps))
+            meta = clip.meta
         elif record.media_kind == "image":
             images.append(load_image(record.media[0]).frames[0])
         inputs = build_qwen_inputs(self.tokenizer, self.processor, messages, images=images, videos=videos)
@@ -223,8 +193,8 @@ class QwenVLAdapter:
             position_ids=packed.position_ids,
             logits_to_keep=t + 1,
             use_cache=False,
-        ).logits[:, :-1].float()  # [N, T, V]: position j predicts completion token j
-        return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        ).logits  # [N, T+1, V]
+        return completion_logprobs_from_logits(logits, completion_ids)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -264,22 +234,16 @@ class QwenVLAdapter:
             suppress_ids=self.suppress_ids, generator=generator,
         )
 
+    @property
+    def frames(self) -> FrameRule:
+        return self.clips.rule
+
     def decode(self, completions: Completions) -> list[str]:
-        """Completion texts, cut at EOS, special tokens dropped."""
-        texts = []
-        for tokens, mask in zip(completions.tokens, completions.mask):
-            kept = [tok for tok, keep in zip(tokens.tolist(), mask.tolist()) if keep and tok not in self.eos_ids]
-            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
-        return texts
+        return decode_completions(self.tokenizer, completions, self.eos_ids)
 
     def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
         """One completion per prompt from one batched call (the evaluation path)."""
         return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
-
-    def tokenize_target(self, text: str) -> torch.Tensor:
-        """Token ids [T] of an assistant target followed by the end-of-turn token (SFT)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids + [self.end_of_turn_id])
 
 
 def load_qwen_vl_adapter(

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from framethink.errors import ConfigError
-from framethink.models.qwen_vl import FrameRule, load_qwen_vl_adapter
+from framethink.data.clips import FrameRule
+from framethink.models.qwen_vl import load_qwen_vl_adapter
 from framethink.models.tinyllava import TinyLlavaVideoConfig
 from framethink.models.tinyllava_adapter import TINYLLAVA_FRAMES, load_tinyllava_adapter
 from framethink.models.tinyllava_convert import RELEASED_MODEL_TYPE

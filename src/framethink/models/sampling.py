@@ -70,3 +70,19 @@ def sample_completions(
             break
         logits = step(next_tokens)
     return Completions(tokens=torch.stack(tokens, 1), mask=torch.stack(masks, 1))
+
+
+def decode_completions(tokenizer, completions: Completions, eos_ids: Sequence[int]) -> list[str]:
+    """Completion texts, cut at EOS, special tokens dropped."""
+    texts = []
+    for tokens, mask in zip(completions.tokens, completions.mask):
+        kept = [tok for tok, keep in zip(tokens.tolist(), mask.tolist()) if keep and tok not in eos_ids]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts
+
+
+def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor) -> torch.Tensor:
+    """logits [N, T+1, V] of the last T+1 positions -> log-probs [N, T] of completion_ids [N, T]
+    (position j predicts completion token j)."""
+    logits = logits[:, :-1].float()  # [N, T, V]
+    return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)

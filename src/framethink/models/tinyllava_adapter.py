@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from framethink.data.cache import LRUCache
+from framethink.data.clips import ClipReader, FrameRule, check_frame_order
 from framethink.data.prompts import format_question
 from framethink.data.records import Record
-from framethink.data.video import SampledFrames, load_image, permute_frames, sample_frames
+from framethink.data.video import load_image
 from framethink.errors import ConfigError
-from framethink.models.adapter import FRAME_ORDERS, Decoding, EncodedPrompt
-from framethink.models.qwen_vl import FrameRule
-from framethink.models.sampling import Completions, sample_completions
+from framethink.models.adapter import Decoding, EncodedPrompt
+from framethink.models.sampling import (
+    Completions, completion_logprobs_from_logits, decode_completions, sample_completions,
+)
 from framethink.models.siglip_frames import preprocess_siglip_frames
 from framethink.models.tinyllava import (
     TINYLLAVA_SYSTEM,
@@ -56,8 +57,8 @@ class TinyLlavaAdapter:
     ) -> None:
         if system is not None and system != TINYLLAVA_SYSTEM:
             raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got {system!r}")
-        self.model, self.tokenizer, self.frames, self.name = model, tokenizer, frames, name
-        self._frame_cache: LRUCache[SampledFrames] = LRUCache(frame_cache_size)
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.clips = ClipReader(frames, frame_cache_size)
         self.image_size = model.config.vision_config.image_size
         self.image_token_index = model.config.image_token_index
         # eos = pad = <|endoftext|> (SPEC 2.3); the SFT target ends with it too
@@ -65,6 +66,10 @@ class TinyLlavaAdapter:
         self.eos_ids = [tokenizer.eos_token_id]
         self.end_of_turn_id = tokenizer.eos_token_id
         self.vision_encoder_calls = 0  # counted for the benchmarks
+
+    @property
+    def frames(self) -> FrameRule:
+        return self.clips.rule
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -82,21 +87,10 @@ class TinyLlavaAdapter:
         self.tokenizer.save_pretrained(out)
 
     # ------------------------------------------------------------------ encoding
-    def _frames(self, record: Record) -> SampledFrames:
-        path, rule = record.media[0], self.frames
-        return self._frame_cache.get_or_compute(
-            (str(path), rule, record.start, record.end),
-            lambda: sample_frames(
-                path, rule=rule.rule, fps=rule.fps, min_frames=rule.min_frames, max_frames=rule.max_frames,
-                num_frames=rule.num_frames, start=record.start, end=record.end,
-            ),
-        )
-
     def encode(self, record: Record, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
         """Prompt ids [1, L] (one placeholder unless the record is text-only) and SigLIP pixels
         `pixel_values_videos` [1, T, 3, S, S] of the record's frames in the given order."""
-        if frame_order not in FRAME_ORDERS:
-            raise ConfigError(f"frame order {frame_order!r} is not one of {', '.join(FRAME_ORDERS)}")
+        check_frame_order(frame_order)
         question = format_question(record, template)
         inputs, meta = {}, {}
         if record.media_kind == "text":
@@ -104,15 +98,11 @@ class TinyLlavaAdapter:
             ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids)
         else:
             if record.media_kind == "video":
-                frames = self._frames(record).frames  # [T, H, W, 3] uint8
-                if frame_order == "shuffled":
-                    frames, perm = permute_frames(frames, seed)
-                    meta["permutation"] = perm.tolist()
-                elif frame_order == "reversed":
-                    frames = frames[::-1].copy()
+                clip = self.clips.read(record, frame_order, seed)
+                frames, meta = clip.frames, clip.meta  # [T, H, W, 3] uint8
             else:  # an image is a one-frame clip
                 frames = load_image(record.media[0]).frames  # [1, H, W, 3]
-            meta["num_frames"] = len(frames)
+                meta["num_frames"] = 1
             ids = build_tinyllava_prompt_ids(self.tokenizer, question, image_token_index=self.image_token_index)
             pixels = preprocess_siglip_frames(frames, size=self.image_size)  # [T, 3, S, S]
             inputs["pixel_values_videos"] = pixels[None]  # [1, T, 3, S, S]
@@ -190,8 +180,7 @@ class TinyLlavaAdapter:
         embeds, mask = self._rows(model, prompts, row_prompt, completion_ids)
         t = completion_ids.shape[1]
         logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=t + 1, use_cache=False).logits
-        logits = logits[:, :-1].float()  # [N, T, V]: position j predicts completion token j
-        return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        return completion_logprobs_from_logits(logits, completion_ids)  # [N, T]
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -223,12 +212,7 @@ class TinyLlavaAdapter:
                                   generator=generator)
 
     def decode(self, completions: Completions) -> list[str]:
-        """Completion texts, cut at EOS, special tokens dropped."""
-        texts = []
-        for tokens, mask in zip(completions.tokens, completions.mask):
-            kept = [tok for tok, keep in zip(tokens.tolist(), mask.tolist()) if keep and tok not in self.eos_ids]
-            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
-        return texts
+        return decode_completions(self.tokenizer, completions, self.eos_ids)
 
     def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
         """One completion per prompt from one batched call (the evaluation path)."""
