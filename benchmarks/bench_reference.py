@@ -147,7 +147,7 @@ class ReferenceDesign:
 
 
 def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
-        size: int = 112, steps: int = 3, warmup: int = 1, sizes: dict | None = None) -> dict:
+        size: int = 112, steps: int = 4, warmup: int = 1, sizes: dict | None = None) -> dict:
     """framethink, framethink with both prototypes, and the reference design, each on its own copy of the same
     checkpoint, on the same records (a fresh clip every prompt: no frame-cache hits)."""
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     limit_threads(1)
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -1,0 +1,67 @@
+"""The demo pipeline end to end on tiny settings, and the pieces it is built on: fixed-option synthetic items,
+the cold start's answer letters, and exported models that keep the pixel bounds they were trained with."""
+from __future__ import annotations
+
+import json
+import random
+
+from framethink.cli import main
+from framethink.data.records import load_records
+from framethink.data.synth import COLORS, write_synthetic_dataset
+from framethink.engine import make_accelerator, start_run
+from framethink.models.registry import load_adapter
+from framethink.sft.trainer import mentioned_letters
+
+pytest_plugins = ["fixtures_training"]
+TINY_DEMO = ["data.train_per_task=2", "data.test_per_task=1", "sft.run.max_steps=2", "rl.run.max_steps=2",
+             "sft.optim.prompts_per_step=2", "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2",
+             "rl.rl.num_shuffled=2", "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
+             "rl.run.report_to=[none]", "rl.run.sample_every=0"]
+
+
+def test_fixed_options_list_every_colour_in_one_order(tmp_path):
+    write_synthetic_dataset(tmp_path, n_train=6, n_test=0, seed=1, num_frames=4, size=28,
+                            tasks=["color_first", "color_last"], fixed_options=True)
+    records = load_records(tmp_path / "train.json")
+    expected = [f"{letter}. {name}" for letter, name in zip("ABCDEF", COLORS)]
+    for record in records:
+        assert record.options == expected
+        letters = mentioned_letters(record)  # the two colours the clip shows, by their fixed letters
+        assert record.answer in letters and len(letters) == 2
+        assert all(f"is {letter}." in record.cot for letter in letters)
+    assert {r.answer for r in records if r.source == "color_first"} == set("ABCDEF")  # balanced gold letters
+
+
+def test_random_cold_start_letters_come_from_the_reasoning(synth_records):
+    record = synth_records[0]  # "the clip starts X and ends Y. X is _. Y is _."
+    letters = mentioned_letters(record)
+    assert len(letters) == 2 and record.answer in letters
+    assert all(f" is {letter}." in record.cot for letter in letters)
+    rng = random.Random(0)
+    assert {rng.choice(letters) for _ in range(20)} == set(letters)
+
+
+def test_exported_models_keep_their_pixel_bounds(recipe, tmp_path):
+    config = recipe("data.video_max_pixels=784", "data.video_min_pixels=784", "data.image_max_pixels=3136",
+                    "data.image_min_pixels=784")
+    run = start_run(config, make_accelerator(config), resume=False)
+    final = run.finish()
+    processor = load_adapter(final).processor  # no overrides: what the checkpoint itself says
+    assert (processor.video_min_pixels, processor.video_max_pixels) == (784, 784)
+    assert (processor.image_min_pixels, processor.image_max_pixels) == (784, 3136)
+
+
+def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"untrained", "sft", "rl"}
+    for stage in report["results"].values():
+        assert set(stage) == {"color_first", "color_last", "color"}
+        assert all(set(orders) == {"ordered", "shuffled", "reversed"} for orders in stage.values())
+        assert all(0.0 <= v <= 100.0 for orders in stage.values() for v in orders.values())
+    table = (out / "report.md").read_text()
+    assert "| color_first | rl |" in table and "RL mean reward" in table
+    assert (out / "curves.png").stat().st_size > 0
+    assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
+    assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out
