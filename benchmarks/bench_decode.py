@@ -1,9 +1,10 @@
 """Figure (c): frame decoding, framethink's `sample_frames` against decord on the same clips and frame indices.
 
 Clips are H.264 at 24 fps with a keyframe every 2 s (a moving gradient plus noise, so that the codec has real
-work): 10 s at 64x64 and 224x224, and 60 s at 224x224 (LLaVA-Video's 30-60 s clips). Each timing goes from the file path to a [T, H, W, 3] uint8
-array: framethink's `sample_frames(rule="uniform", num_frames=T)` (probe, then one decoding pass that converts
-only the wanted frames), and decord's `VideoReader(path)` + `get_batch(indices)` on the indices framethink chose.
+work): 10 s at 64x64 and 224x224, and 60 s at 224x224 (LLaVA-Video's 30-60 s clips). Each timing goes from the
+file path to a [T, H, W, 3] uint8 array: framethink's `sample_frames(rule="uniform", num_frames=T)` (probe,
+then one decoding pass that converts only the wanted frames), and decord's `VideoReader(path)` +
+`get_batch(indices)` on the indices framethink chose.
 Both use their library's default decoding threads. The outputs are compared pixel by pixel. A third column
 times `benchmarks.prototypes.decode_by_keyframes`, which seeks from keyframe to keyframe as decord does.
 
@@ -33,13 +34,15 @@ def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts:
 
     rows = []
     for seconds, size in clips:
-        clip = write_clip(work / f"clip{seconds}s{size}.mp4", width=size, height=size, seconds=seconds, fps=CLIP_FPS, gop=GOP)
+        clip = write_clip(work / f"clip{seconds}s{size}.mp4", width=size, height=size, seconds=seconds, fps=CLIP_FPS,
+                          gop=GOP)
         for count in frame_counts:
             ours = sample_frames(clip, rule="uniform", num_frames=count)
             indices = ours.indices
+            order = indices.tolist()
             decoders = {
                 "framethink": lambda: sample_frames(clip, rule="uniform", num_frames=count).frames,
-                "decord": lambda: decord.VideoReader(str(clip), ctx=decord.cpu(0)).get_batch(indices.tolist()).asnumpy(),
+                "decord": lambda: decord.VideoReader(str(clip), ctx=decord.cpu(0)).get_batch(order).asnumpy(),
                 "keyframe_seek_prototype": lambda: decode_by_keyframes(clip, indices),
             }
             outputs = {name: decode() for name, decode in decoders.items()}  # also the warm-up
@@ -75,7 +78,8 @@ def main() -> None:
         print(f"{row['clip']:>14} {row['frames']:>3} frames, median wall: framethink "
               f"{row['framethink_wall_s']['median'] * 1e3:6.1f} ms ({row['framethink_vs_decord']:.2f}x decord), decord "
               f"{row['decord_wall_s']['median'] * 1e3:6.1f} ms, keyframe-seek prototype "
-              f"{row['keyframe_seek_prototype_wall_s']['median'] * 1e3:6.1f} ms ({row['prototype_vs_decord']:.2f}x decord); "
+              f"{row['keyframe_seek_prototype_wall_s']['median'] * 1e3:6.1f} ms "
+              f"({row['prototype_vs_decord']:.2f}x decord); "
               f"CPU ratio {row['framethink_vs_decord_cpu']:.2f}x; max pixel difference {row['max_pixel_difference']}")
 
 

@@ -69,8 +69,9 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
     def gen(a: QwenVLAdapter, ps, rs):
         return lambda: a.generate(ps, rs, decoding, generator=torch.Generator().manual_seed(0))
 
-    tokens = gen(adapter, both, rows)().tokens[: prompts * g]  # ordered rows' completions, for the forwards
-    ordered_rows = rows[: prompts * g]
+    n = prompts * g  # ordered rows
+    ordered_rows, shuffled_rows, singles = rows[:n], [r - prompts for r in rows[n:]], list(range(len(rows)))
+    tokens = gen(adapter, both, rows)().tokens[:n]  # the ordered rows' completions, for the forwards
     prefix, frozen = convert(adapter, PrefixSharingAdapter), convert(adapter, FrozenTowerAdapter)
 
     def logprobs(a: QwenVLAdapter, ps, rs, *, model=None):
@@ -85,40 +86,35 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
             a.model.zero_grad(set_to_none=True)
         return fn
 
-    frozen_logprobs = logprobs(frozen, ordered, ordered_rows, model=run.ref_model)
-    frozen_logprobs()  # the rollout would have filled the tower cache with these prompts
-
     def encode(a: QwenVLAdapter):
         return lambda: a.encode(run.records[0], template=template)
 
+    frozen_logprobs = logprobs(frozen, ordered, ordered_rows, model=run.ref_model)
+    frozen_logprobs()  # the rollout would have filled the tower cache with these prompts
     uncached = QwenVLAdapter(adapter.model, adapter.tokenizer, adapter.processor, frames=adapter.frames,
                              frame_cache_size=0)
-    results = {
-        "vision once per prompt: generate": compare(gen(adapter, both, rows), gen(adapter, per_row, list(range(len(rows)))),
-                                                    repeats=repeats),
-        "vision once per prompt: reference forward": compare(logprobs(adapter, ordered, ordered_rows),
-                                                             logprobs(adapter, per_row[: prompts * g], list(range(prompts * g))),
-                                                             repeats=repeats),
-        "one batched generate (ordered + shuffled)": compare(
-            gen(adapter, both, rows),
-            lambda: (gen(adapter, ordered, ordered_rows)(), gen(adapter, shuffled, [r - prompts for r in rows[prompts * g:]])()),
-            repeats=repeats),
-        "frame cache: encode": compare(encode(adapter), encode(uncached), repeats=repeats),
-        "prototype prefix sharing: generate": compare(gen(prefix, both, rows), gen(adapter, both, rows), repeats=repeats),
-        "prototype prefix sharing: reference forward": compare(logprobs(prefix, ordered, ordered_rows),
-                                                               logprobs(adapter, ordered, ordered_rows), repeats=repeats),
-        "prototype prefix sharing: policy forward + backward": compare(policy_backward(prefix), policy_backward(adapter),
-                                                                       repeats=repeats),
-        "prototype frozen-tower reuse: reference forward": compare(frozen_logprobs,
-                                                                   logprobs(adapter, ordered, ordered_rows, model=run.ref_model),
-                                                                   repeats=repeats),
-    }
     probs = torch.rand(g + gs, REAL_VOCAB, generator=torch.Generator().manual_seed(0)).softmax(-1)  # [G+G~, V]
-    results["prototype inverse-CDF draw: one token, 152,064-token vocabulary"] = compare(
-        lambda: draw_inverse_cdf(probs, torch.Generator().manual_seed(0)),
-        lambda: torch.multinomial(probs.cpu(), 1, generator=torch.Generator().manual_seed(0)), repeats=repeats)
+    pairs = {  # name: (fast, slow)
+        "vision once per prompt: generate": (gen(adapter, both, rows), gen(adapter, per_row, singles)),
+        "vision once per prompt: reference forward": (logprobs(adapter, ordered, ordered_rows),
+                                                      logprobs(adapter, per_row[:n], singles[:n])),
+        "one batched generate (ordered + shuffled)": (
+            gen(adapter, both, rows),
+            lambda: (gen(adapter, ordered, ordered_rows)(), gen(adapter, shuffled, shuffled_rows)())),
+        "frame cache: encode": (encode(adapter), encode(uncached)),
+        "prototype prefix sharing: generate": (gen(prefix, both, rows), gen(adapter, both, rows)),
+        "prototype prefix sharing: reference forward": (logprobs(prefix, ordered, ordered_rows),
+                                                        logprobs(adapter, ordered, ordered_rows)),
+        "prototype prefix sharing: policy forward + backward": (policy_backward(prefix), policy_backward(adapter)),
+        "prototype frozen-tower reuse: reference forward": (
+            frozen_logprobs, logprobs(adapter, ordered, ordered_rows, model=run.ref_model)),
+        "prototype inverse-CDF draw: one token, 152,064-token vocabulary": (
+            lambda: draw_inverse_cdf(probs, torch.Generator().manual_seed(0)),
+            lambda: torch.multinomial(probs.cpu(), 1, generator=torch.Generator().manual_seed(0))),
+    }
+    results = {name: compare(fast, slow, repeats=repeats) for name, (fast, slow) in pairs.items()}
     clips = {"generate, shared": vision_clips(adapter, gen(adapter, both, rows)),
-             "generate, per row": vision_clips(adapter, gen(adapter, per_row, list(range(len(rows)))))}
+             "generate, per row": vision_clips(adapter, gen(adapter, per_row, singles))}
     return {"setting": {"prompts": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens, "frames": frames,
                         "frame": f"{size}x{size}", "prompt_tokens": ordered[0].inputs["input_ids"].shape[1],
                         "threads": torch.get_num_threads(), "clock": CLOCK_NOTE},

@@ -39,20 +39,21 @@ VISION_7B_3B = {  # the same tower in both; only the merger's output width diffe
     "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
     "tokens_per_second": 2, "hidden_act": "silu",
 }
+ROPE = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}  # head dim 128
 CONFIGS = {
     "3b": {
-        "text_config": {"vocab_size": 151_936, "hidden_size": 2048, "intermediate_size": 11_008, "num_hidden_layers": 36,
-                        "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128_000,
-                        "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "hidden_act": "silu",
-                        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}},
+        "text_config": {"vocab_size": 151_936, "hidden_size": 2048, "intermediate_size": 11_008,
+                        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
+                        "max_position_embeddings": 128_000, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                        "hidden_act": "silu", "rope_parameters": ROPE},
         "vision_config": {**VISION_7B_3B, "out_hidden_size": 2048},
         "tie_word_embeddings": True,
     },
     "7b": {
-        "text_config": {"vocab_size": 152_064, "hidden_size": 3584, "intermediate_size": 18_944, "num_hidden_layers": 28,
-                        "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128_000,
-                        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
-                        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}},
+        "text_config": {"vocab_size": 152_064, "hidden_size": 3584, "intermediate_size": 18_944,
+                        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                        "max_position_embeddings": 128_000, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                        "hidden_act": "silu", "rope_parameters": ROPE},
         "vision_config": {**VISION_7B_3B, "out_hidden_size": 3584},
         "tie_word_embeddings": False,
     },
@@ -102,9 +103,10 @@ def benchmark(sizes: dict, work: Path, *, device: str, dtype: torch.dtype = torc
               "problem_type": "multiple choice", "options": ["A. red", "B. green", "C. blue", "D. grey"],
               "solution": "<answer>A</answer>", "path": str(clip)}
     (work / "train.json").write_text(json.dumps([record]))
-    config = rl_config(work, work / "train.json", "rl.algorithm=tgrpo", f"rl.num_generations={g}", f"rl.num_shuffled={gs}",
-                       f"rl.max_new_tokens={new_tokens}", "rl.beta=0.04", "optim.prompts_per_step=1",
-                       f"optim.grad_accum={grad_accum}", f"run.max_steps={warmup + steps}", f"data.max_frames={frames}",
+    config = rl_config(work, work / "train.json", "rl.algorithm=tgrpo", f"rl.num_generations={g}",
+                       f"rl.num_shuffled={gs}", f"rl.max_new_tokens={new_tokens}", "rl.beta=0.04",
+                       "optim.prompts_per_step=1", f"optim.grad_accum={grad_accum}",
+                       f"run.max_steps={warmup + steps}", f"data.max_frames={frames}",
                        "model.dtype=bfloat16", f"model.gradient_checkpointing={str(checkpointing).lower()}")
     tokenizer = build_offline_tokenizer()
     model = build_model(sizes, tokenizer, device=device, dtype=dtype)
@@ -139,8 +141,8 @@ def benchmark(sizes: dict, work: Path, *, device: str, dtype: torch.dtype = torc
     decode_tps = (tokens - len(rows)) / decode_s
     bound = decode_bound(model, rows=len(rows), context=prompt_len + new_tokens / 2, bandwidth=bandwidth_tbs * 1e12)
     return {
-        "setting": {"frames": frames, "pixels_per_frame": VIDEO_PIXELS, "prompt_tokens": prompt_len, "G": g, "G_shuffled": gs,
-                    "max_new_tokens": new_tokens, "dtype": str(dtype), "grad_accum": grad_accum,
+        "setting": {"frames": frames, "pixels_per_frame": VIDEO_PIXELS, "prompt_tokens": prompt_len, "G": g,
+                    "G_shuffled": gs, "max_new_tokens": new_tokens, "dtype": str(dtype), "grad_accum": grad_accum,
                     "gradient_checkpointing": checkpointing, "device": torch.cuda.get_device_name() if cuda else device,
                     "bandwidth_tbs": bandwidth_tbs,
                     "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9},

@@ -69,7 +69,8 @@ def run(work: Path, *, frame_counts: tuple[int, ...] = (4, 8, 16, 32), size: int
             rows.append(measure_in_fresh_process(design, model_dir, train_file, frames=frames, size=size,
                                                  prompts=prompts, g=g, gs=gs, new_tokens=new_tokens))
     by = {d: {r["frames"]: r["step_peak_mib"] for r in rows if r["design"] == d} for d in DESIGNS}
-    return {"setting": {"frame": f"{size}x{size}", "visual_tokens_per_clip": {f: f // 2 * (size // 28) ** 2 for f in frame_counts},
+    tokens = {f: f // 2 * (size // 28) ** 2 for f in frame_counts}  # merged tokens: tubelets x (size / 28)^2
+    return {"setting": {"frame": f"{size}x{size}", "visual_tokens_per_clip": tokens,
                         "prompts_per_step": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens,
                         "method": "fresh process per setting; VmHWM after one step minus VmRSS before it"},
             "step_peak_mib": by, "rows": rows,

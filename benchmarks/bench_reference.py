@@ -119,15 +119,17 @@ class ReferenceDesign:
             texts, shuffled_texts = run.adapter.decode(done), run.adapter.decode(done_shuffled)
             g, gs, b = rl.num_generations, rl.num_shuffled, len(records)
             rewards, acc, acc_shuffled = torch.zeros(b, g), torch.zeros(b, g), torch.zeros(b, gs)
+            lengths = done.lengths.tolist()
             for i, r in enumerate(records):
-                total, components = score_group(texts[i * g:(i + 1) * g], done.lengths[i * g:(i + 1) * g].tolist(), r, rl)
+                total, components = score_group(texts[i * g:(i + 1) * g], lengths[i * g:(i + 1) * g], r, rl)
                 rewards[i], acc[i] = torch.tensor(total), torch.tensor(components["accuracy"])
                 acc_shuffled[i] = torch.tensor([accuracy_reward(t, r.answer, r.problem_type)
                                                 for t in shuffled_texts[i * gs:(i + 1) * gs]])
             bonus = temporal_bonus(acc, acc_shuffled, torch.ones(b, dtype=torch.bool), alpha=rl.temporal_alpha,
                                    mu=rl.temporal_mu, strict=rl.temporal_strict)
             advantages = group_advantages(rewards + bonus.bonus, scale_by_std=rl.scale_by_std, eps=rl.advantage_eps,
-                                          noise_std=rl.advantage_noise, generator=run.state.generator).reshape(-1)  # [B*G]
+                                          noise_std=rl.advantage_noise, generator=run.state.generator)
+            advantages = advantages.reshape(-1)  # [B*G]
             t1 = time.perf_counter()
             rows = collate(ordered, pad, repeats=g)  # pixels repeated per completion
             with torch.no_grad():

@@ -64,13 +64,15 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     trainer = GRPOTrainer(
         model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
-        train_dataset=Dataset.from_list(rows * (warmup + steps)), processing_class=AutoProcessor.from_pretrained(model_dir),
+        train_dataset=Dataset.from_list(rows * (warmup + steps)),
+        processing_class=AutoProcessor.from_pretrained(model_dir),
         callbacks=[clock],
     )
     with count_vision_calls(trainer.model, trainer.ref_model) as calls:
         trainer.train()
-    return {"seconds": clock.seconds[warmup:], "cpu": clock.cpu[warmup:], "vision_calls_per_step": calls[0] / (warmup + steps),
-            "clips_encoded_per_step": calls[1] / (warmup + steps),
+    total = warmup + steps
+    return {"seconds": clock.seconds[warmup:], "cpu": clock.cpu[warmup:], "vision_calls_per_step": calls[0] / total,
+            "clips_encoded_per_step": calls[1] / total,
             "mean_completion_length": clock.mean_length}
 
 
@@ -84,13 +86,15 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
     # TRL's processor reads the checkpoint's image bounds: give it the recipe's (SPEC 2.2), as framethink uses
     bounds = model_dir / "preprocessor_config.json"
-    bounds.write_text(json.dumps({**json.loads(bounds.read_text()), "min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28}))
+    recipe_bounds = {"min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28}
+    bounds.write_text(json.dumps({**json.loads(bounds.read_text()), **recipe_bounds}))
     train_file = write_image_records(work / "images", prompts, size=image_size)
     beta, lr = 0.04, 1e-5
     config = rl_config(model_dir, train_file, "rl.algorithm=grpo", f"rl.num_generations={g}",
                        f"rl.max_new_tokens={new_tokens}", "rl.temperature=1.0", f"rl.beta={beta}", f"optim.lr={lr:.8f}",
                        f"optim.prompts_per_step={prompts}", f"run.max_steps={warmup + steps}")
-    runs = {"framethink": FramethinkRun.build(config), "framethink+prefix": FramethinkRun.build(config, PrefixSharingAdapter)}
+    runs = {"framethink": FramethinkRun.build(config),
+            "framethink+prefix": FramethinkRun.build(config, PrefixSharingAdapter)}
     times: dict[str, list] = {name: [] for name in runs}
     for name, ours in runs.items():
         times[name] += [ours.step(i) for i in range(warmup + steps // 2)][warmup:]
@@ -103,7 +107,8 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
     trl_cpu = stats(theirs["cpu"])
     trl_wall = stats(theirs["seconds"])
     result = {
-        "setting": {"prompts_per_step": prompts, "G": g, "max_new_tokens": new_tokens, "image": f"{image_size}x{image_size}",
+        "setting": {"prompts_per_step": prompts, "G": g, "max_new_tokens": new_tokens,
+                    "image": f"{image_size}x{image_size}",
                     "prompt_tokens": runs["framethink"].last_rollout.prompts[0].inputs["input_ids"].shape[1],
                     "temperature": 1.0, "top_p": 1.0, "beta": beta, "threads": torch.get_num_threads(),
                     "parameters": sum(p.numel() for p in runs["framethink"].adapter.model.parameters()),

@@ -1,4 +1,4 @@
-"""Shared set-up of the benchmark scripts: threads, tiny checkpoints, synthetic records, timing and one
+"""Shared set-up of the benchmark scripts: threads, timing, synthetic records and clips, recipes, and one
 framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed.
 
 Every script prints one JSON object (settings, min/median/max seconds, ratios) and a short table; the numbers
@@ -154,7 +154,8 @@ class FramethinkRun:
         state = start_run(config, make_accelerator(config), resume=False)
         if adapter_cls is not None:
             state.adapter = convert(state.adapter, adapter_cls)
-        return cls(state, load_records(config.data.train_file, root=config.data.root), reference_model(state.adapter, config))
+        records = load_records(config.data.train_file, root=config.data.root)
+        return cls(state, records, reference_model(state.adapter, config))
 
     @classmethod
     def from_adapter(cls, config: TrainConfig, adapter, records: list[Record], out: Path) -> FramethinkRun:

@@ -5,7 +5,9 @@ PrefixSharingAdapter
     prompt through the LM once per ROW (prefill of N = B*G rows; every log-prob forward again over N rows).
     Here the prompt runs once per PROMPT, its KV cache is gathered to the rows (`Cache.reorder_cache`, an
     index_select that autograd follows), and only the completion tokens run per row. Same numbers up to
-    float rounding (checked by tests/test_benchmarks_smoke.py), prompt work divided by G.
+    float rounding (checked by tests/test_benchmarks_smoke.py), prompt work divided by G. transformers drops the
+    KV cache in a training forward under gradient checkpointing, so there the policy forward keeps the
+    released per-row path.
 
 FrozenTowerAdapter
     With the vision tower frozen (SPEC 6), its output for a clip is the same in the rollout, the reference
@@ -35,6 +37,8 @@ from transformers.vision_utils import get_vision_window_index
 from framethink.models.adapter import Decoding, EncodedPrompt
 from framethink.models.qwen_vl import PackedRows, QwenVLAdapter
 from framethink.models.sampling import Completions, sample_completions
+
+TOWER_CACHE_SIZE = 64  # prompts whose tower output is kept: a step's ordered and shuffled clips, with room
 
 
 class PrefixSharingAdapter(QwenVLAdapter):
@@ -78,8 +82,11 @@ class PrefixSharingAdapter(QwenVLAdapter):
     def completion_logprobs(self, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor,
                             *, model: PreTrainedModel | None = None) -> torch.Tensor:
         model = model or self.model
+        if model.training and model.is_gradient_checkpointing:
+            # transformers drops past_key_values under gradient checkpointing: the rows would lose their prompt
+            return super().completion_logprobs(prompts, row_prompt, completion_ids, model=model)
         completion_ids = completion_ids.to(model.device)
-        n, t = completion_ids.shape
+        t = completion_ids.shape[1]
         cache = DynamicCache()
         first, packed, rows = self._prefill(model, prompts, row_prompt, cache)  # first predicts token 0
         logits = [first.unsqueeze(1)]  # [N, 1, V]
@@ -97,13 +104,14 @@ class FrozenTowerAdapter(QwenVLAdapter):
     """Vision-tower output kept per prompt pixels across the forwards of a step; the merger runs per forward.
     Valid only while the tower (not the merger) is frozen and the policy and reference towers are equal."""
 
-    def __init__(self, *args, tower_cache_size: int = 64, **kwargs) -> None:
+    def __init__(self, *args, tower_cache_size: int = TOWER_CACHE_SIZE, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._towers: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.tower_cache_size = tower_cache_size
 
     def _vision_features(self, model: PreTrainedModel, prompts: list[EncodedPrompt], kind: str) -> list[torch.Tensor]:
-        pixels_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        pixels_key, grid_key = {"image": ("pixel_values", "image_grid_thw"),
+                                "video": ("pixel_values_videos", "video_grid_thw")}[kind]
         having = [i for i, p in enumerate(prompts) if pixels_key in p.inputs]
         features: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         if not having:
@@ -126,11 +134,11 @@ class FrozenTowerAdapter(QwenVLAdapter):
                                                     window_size=visual.window_size, patch_size=visual.patch_size)
                 self._towers[id(prompts[i].inputs[pixels_key])] = (prompts[i].inputs[pixels_key], chunk,
                                                                    torch.argsort(window).to(chunk.device))
-                if len(self._towers) > self.tower_cache_size:
-                    self._towers.popitem(last=False)
         for i in having:
             _, chunk, reverse = self._towers[id(prompts[i].inputs[pixels_key])]
             features[i] = visual.merger(chunk)[reverse]  # [n_tokens, D]
+        while len(self._towers) > self.tower_cache_size:  # oldest first
+            self._towers.popitem(last=False)
         return features
 
 
@@ -143,7 +151,7 @@ def convert(adapter: QwenVLAdapter, cls: type[QwenVLAdapter]) -> QwenVLAdapter:
     out = cls.__new__(cls)
     out.__dict__.update(adapter.__dict__)
     if issubclass(cls, FrozenTowerAdapter):
-        out._towers, out.tower_cache_size = OrderedDict(), 64
+        out._towers, out.tower_cache_size = OrderedDict(), TOWER_CACHE_SIZE
     return out
 
 

@@ -14,7 +14,9 @@ import torch
 
 from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
 from benchmarks.common import FramethinkRun, rl_config, write_clip, write_video_records
-from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert, decode_by_keyframes, draw_inverse_cdf
+from benchmarks.prototypes import (
+    FrozenTowerAdapter, PrefixSharingAdapter, convert, decode_by_keyframes, draw_inverse_cdf,
+)
 from fixtures_models import SMALL_SIZES
 from framethink.data.video import sample_frames
 from framethink.models.adapter import Decoding
@@ -76,7 +78,8 @@ def test_gpu_benchmark_runs_on_cpu_and_computes_the_bound(tmp_path: Path) -> Non
                                  warmup=0, bandwidth_tbs=1.0)
     assert result["setting"]["prompt_tokens"] > 2 * 128  # 2 tubelets of 448x224 frames: 128 merged tokens each
     assert result["completion_tokens_per_step"] <= 3 * 3
-    model = bench_gpu.build_model(TINY_GPU_SIZES, bench_gpu.build_offline_tokenizer(), device="cpu", dtype=torch.bfloat16)
+    tokenizer = bench_gpu.build_offline_tokenizer()
+    model = bench_gpu.build_model(TINY_GPU_SIZES, tokenizer, device="cpu", dtype=torch.bfloat16)
     bound = bench_gpu.decode_bound(model, rows=3, context=100, bandwidth=1e12)
     lm_bytes = 2 * sum(p.numel() for p in model.model.language_model.parameters())  # tied head = the embedding
     kv_bytes = 3 * 2 * 2 * 2 * 16 * 2 * 100  # rows * layers * (k, v) * kv heads * head dim * bf16 bytes * context
@@ -103,6 +106,10 @@ def test_prototypes_give_the_released_numbers(tmp_path: Path, tiny_qwen25_vl_dir
         for _ in range(2):  # the second call reuses the frozen tower's output
             torch.testing.assert_close(proto.completion_logprobs(prompts, rows, done.tokens), expected,
                                        rtol=1e-5, atol=1e-5)
+    adapter.model.gradient_checkpointing_enable()  # transformers then drops the KV cache of a training forward
+    adapter.model.train()
+    torch.testing.assert_close(convert(adapter, PrefixSharingAdapter).completion_logprobs(prompts, rows, done.tokens),
+                               expected, rtol=1e-5, atol=1e-5)
 
 
 def test_inverse_cdf_draw_follows_the_probabilities() -> None:
