@@ -2,14 +2,17 @@
 
 On one T-GRPO batch (video prompts, G ordered + G~ shuffled rows each), with the same sampling seed on both
 sides so that both sample the same tokens:
-  vision once per prompt   generate / log-prob forward with each prompt's rows sharing its vision features,
-                           against every row carrying its own copy of the prompt (the encoder runs per row)
+  prefix sharing           each prompt through the LM once, KV cache gathered to its rows (framethink), against
+                           every row carrying its whole prompt (`PerRowAdapter`): generate, reference forward,
+                           policy forward + backward
+  vision once per prompt   each prompt's rows sharing its vision features, against every row carrying its own
+                           copy of the prompt (the encoder runs per row); both sides run the prompt per row in the
+                           LM (`PerRowAdapter`), so that only the vision work differs
   one batched generate     ordered and shuffled rows in one call, against one call for each
   frame cache              `encode` of a clip seen before (LRU hit), against decoding it again
-  prototypes               benchmarks/prototypes.py: prefix sharing (generate, reference forward, policy
-                           forward + backward), the frozen-tower feature reuse (reference forward), and the
-                           inverse-CDF draw against torch.multinomial for one token of G + G~ rows over a real
-                           vocabulary (the tiny model's vocabulary hides this cost)
+  inverse-CDF draw         the sampling draw, against torch.multinomial on the CPU probabilities, for one token of
+                           G + G~ rows over a real vocabulary (the tiny model's vocabulary hides this cost)
+  prototype                benchmarks/prototypes.py: the frozen-tower feature reuse (reference forward)
 
     .venv/bin/python -m benchmarks.bench_fastpaths
 """
@@ -23,23 +26,25 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
-    CLOCK_NOTE, FramethinkRun, count_vision_calls, limit_threads, print_result, rl_config, stats, timed,
-    write_video_records,
+    CLOCK_NOTE, FramethinkRun, PerRowAdapter, count_vision_calls, limit_threads, print_result, rl_config, stats,
+    timed, write_video_records,
 )
-from benchmarks.prototypes import FrozenTowerAdapter, PrefixSharingAdapter, convert, draw_inverse_cdf
+from benchmarks.prototypes import FrozenTowerAdapter, convert
 from framethink.models.adapter import Decoding
 from framethink.models.qwen_vl import QwenVLAdapter
+from framethink.models.sampling import draw_inverse_cdf
 from framethink.models.tiny import build_tiny
 
 REAL_VOCAB = 152_064  # Qwen2.5-VL-7B's embedding rows
 
 
 def compare(fast, slow, *, repeats: int) -> dict:
-    """CPU seconds (min/median/max) of `fast` and `slow`, repeats interleaved, and the median ratio."""
+    """CPU seconds (min/median/max) of `fast` and `slow`, repeats interleaved, and the median ratio. The order
+    alternates between rounds: a call runs measurably slower after one that left the heap in another shape."""
     fast_t, slow_t = [], []
-    for _ in range(repeats + 1):  # the first round warms up
-        slow_t += timed(slow, repeats=1, warmup=0)
-        fast_t += timed(fast, repeats=1, warmup=0)
+    for k in range(repeats + 1):  # the first round warms up
+        for fn, out in ((slow, slow_t), (fast, fast_t))[:: 1 if k % 2 else -1]:
+            out += timed(fn, repeats=1, warmup=0)
     fast_s, slow_s = stats([c for _, c in fast_t[1:]]), stats([c for _, c in slow_t[1:]])
     return {"fast_cpu_s": fast_s, "slow_cpu_s": slow_s, "gain": slow_s["median"] / fast_s["median"]}
 
@@ -51,7 +56,7 @@ def vision_clips(adapter: QwenVLAdapter, fn) -> int:
 
 
 def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
-        size: int = 112, repeats: int = 3, sizes: dict | None = None) -> dict:
+        size: int = 112, repeats: int = 6, sizes: dict | None = None) -> dict:
     """Every comparison of the module docstring on one batch; CPU seconds and gains."""
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
     train_file = write_video_records(work / "clips", prompts, num_frames=frames, size=size)
@@ -72,7 +77,7 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
     n = prompts * g  # ordered rows
     ordered_rows, shuffled_rows, singles = rows[:n], [r - prompts for r in rows[n:]], list(range(len(rows)))
     tokens = gen(adapter, both, rows)().tokens[:n]  # the ordered rows' completions, for the forwards
-    prefix, frozen = convert(adapter, PrefixSharingAdapter), convert(adapter, FrozenTowerAdapter)
+    per_row_lm, frozen = convert(adapter, PerRowAdapter), convert(adapter, FrozenTowerAdapter)
 
     def logprobs(a: QwenVLAdapter, ps, rs, *, model=None):
         def fn():
@@ -95,35 +100,37 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
                              frame_cache_size=0)
     probs = torch.rand(g + gs, REAL_VOCAB, generator=torch.Generator().manual_seed(0)).softmax(-1)  # [G+G~, V]
     pairs = {  # name: (fast, slow)
-        "vision once per prompt: generate": (gen(adapter, both, rows), gen(adapter, per_row, singles)),
-        "vision once per prompt: reference forward": (logprobs(adapter, ordered, ordered_rows),
-                                                      logprobs(adapter, per_row[:n], singles[:n])),
+        "prefix sharing: generate": (gen(adapter, both, rows), gen(per_row_lm, both, rows)),
+        "prefix sharing: reference forward": (logprobs(adapter, ordered, ordered_rows),
+                                              logprobs(per_row_lm, ordered, ordered_rows)),
+        "prefix sharing: policy forward + backward": (policy_backward(adapter), policy_backward(per_row_lm)),
+        "vision once per prompt: generate": (gen(per_row_lm, both, rows), gen(per_row_lm, per_row, singles)),
+        "vision once per prompt: reference forward": (logprobs(per_row_lm, ordered, ordered_rows),
+                                                      logprobs(per_row_lm, per_row[:n], singles[:n])),
         "one batched generate (ordered + shuffled)": (
             gen(adapter, both, rows),
             lambda: (gen(adapter, ordered, ordered_rows)(), gen(adapter, shuffled, shuffled_rows)())),
         "frame cache: encode": (encode(adapter), encode(uncached)),
-        "prototype prefix sharing: generate": (gen(prefix, both, rows), gen(adapter, both, rows)),
-        "prototype prefix sharing: reference forward": (logprobs(prefix, ordered, ordered_rows),
-                                                        logprobs(adapter, ordered, ordered_rows)),
-        "prototype prefix sharing: policy forward + backward": (policy_backward(prefix), policy_backward(adapter)),
-        "prototype frozen-tower reuse: reference forward": (
-            frozen_logprobs, logprobs(adapter, ordered, ordered_rows, model=run.ref_model)),
-        "prototype inverse-CDF draw: one token, 152,064-token vocabulary": (
+        "inverse-CDF draw: one token, 152,064-token vocabulary": (
             lambda: draw_inverse_cdf(probs, torch.Generator().manual_seed(0)),
             lambda: torch.multinomial(probs.cpu(), 1, generator=torch.Generator().manual_seed(0))),
+        "prototype frozen-tower reuse: reference forward": (
+            frozen_logprobs, logprobs(adapter, ordered, ordered_rows, model=run.ref_model)),
     }
     results = {name: compare(fast, slow, repeats=repeats) for name, (fast, slow) in pairs.items()}
-    clips = {"generate, shared": vision_clips(adapter, gen(adapter, both, rows)),
-             "generate, per row": vision_clips(adapter, gen(adapter, per_row, singles))}
+    # float rounding differs between the two LM paths; a token drawn differently would change the work compared
+    same_tokens = torch.equal(gen(adapter, both, rows)().tokens, gen(per_row_lm, both, rows)().tokens)
+    clips = {"generate, shared": vision_clips(per_row_lm, gen(per_row_lm, both, rows)),
+             "generate, per row": vision_clips(per_row_lm, gen(per_row_lm, per_row, singles))}
     return {"setting": {"prompts": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens, "frames": frames,
                         "frame": f"{size}x{size}", "prompt_tokens": ordered[0].inputs["input_ids"].shape[1],
                         "threads": torch.get_num_threads(), "clock": CLOCK_NOTE},
-            "clips_encoded": clips, "results": results}
+            "clips_encoded": clips, "prefix_sharing_samples_the_same_tokens": same_tokens, "results": results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
     limit_threads(1)
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -5,8 +5,9 @@ Method: every (design, frame count) runs in a fresh process. The process builds 
 peak-RSS mark (`echo 5 > /proc/self/clear_refs`), runs ONE step, and reads the peak (VmHWM). The figure is
 peak - RSS before the step: what the step adds on top of the loaded models (activations, KV caches, logits,
 gradients and the optimiser state created by the first step, which is the same 2 x parameters for every
-setting). Designs: framethink, framethink with the prototypes of benchmarks/prototypes.py, and the reference
-design of bench_reference.py (pixels and prompts repeated once per completion).
+setting). Designs: framethink (each prompt through the LM once, KV cache gathered to its rows), framethink with
+prefix sharing turned off (`PerRowAdapter`: every row carries its whole prompt through the LM), and the
+reference design of bench_reference.py (pixels and prompts repeated once per completion).
 
     .venv/bin/python -m benchmarks.bench_memory
 """
@@ -20,11 +21,10 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_reference import ReferenceDesign
-from benchmarks.common import FramethinkRun, limit_threads, print_result, rl_config, write_video_records
-from benchmarks.prototypes import FastAdapter
+from benchmarks.common import FramethinkRun, PerRowAdapter, limit_threads, print_result, rl_config, write_video_records
 from framethink.models.tiny import build_tiny
 
-DESIGNS = ("framethink", "framethink+prototypes", "reference")
+DESIGNS = ("framethink", "framethink, prompt per row", "reference")
 
 
 def _status_kib(field: str) -> int:
@@ -40,7 +40,7 @@ def measure(design: str, model_dir: Path, train_file: Path, *, frames: int, size
     config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"rl.num_generations={g}",
                        f"rl.num_shuffled={gs}", f"rl.max_new_tokens={new_tokens}", f"optim.prompts_per_step={prompts}",
                        "run.max_steps=1", f"data.max_frames={frames}", f"data.video_max_pixels={size * size}")
-    run = FramethinkRun.build(config, FastAdapter if design == "framethink+prototypes" else None)
+    run = FramethinkRun.build(config, PerRowAdapter if design == "framethink, prompt per row" else None)
     stepper = ReferenceDesign(run) if design == "reference" else run
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS

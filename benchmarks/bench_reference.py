@@ -27,7 +27,7 @@ from benchmarks.common import (
     CLOCK_NOTE, FramethinkRun, StepTimes, count_vision_calls, limit_threads, print_result, rl_config, stats,
     write_video_records,
 )
-from benchmarks.prototypes import FastAdapter
+from benchmarks.prototypes import FrozenTowerAdapter
 from framethink.models.adapter import EncodedPrompt
 from framethink.models.qwen_vl import QwenVLAdapter
 from framethink.models.sampling import Completions
@@ -150,8 +150,8 @@ class ReferenceDesign:
 
 def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
         size: int = 112, steps: int = 4, warmup: int = 1, sizes: dict | None = None) -> dict:
-    """framethink, framethink with both prototypes, and the reference design, each on its own copy of the same
-    checkpoint, on the same records (a fresh clip every prompt: no frame-cache hits)."""
+    """framethink, framethink with the frozen-tower prototype, and the reference design, each on its own copy of
+    the same checkpoint, on the same records (a fresh clip every prompt: no frame-cache hits)."""
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
     train_file = write_video_records(work / "clips", prompts * (warmup + steps), num_frames=frames, size=size)
     config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"rl.num_generations={g}",
@@ -159,7 +159,7 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
                        f"optim.prompts_per_step={prompts}", f"run.max_steps={warmup + steps}",
                        f"data.max_frames={frames}", f"data.video_max_pixels={size * size}")
     steppers = {"framethink": FramethinkRun.build(config),
-                "framethink+prototypes": FramethinkRun.build(config, FastAdapter),
+                "framethink+frozen-tower": FramethinkRun.build(config, FrozenTowerAdapter),
                 "reference": ReferenceDesign(FramethinkRun.build(config))}
     times: dict[str, list[StepTimes]] = {name: [] for name in steppers}
     for i in range(warmup + steps):  # interleaved, so that a change in machine load hits every design
@@ -201,7 +201,7 @@ def main() -> None:
     print("CPU seconds per step: " + ", ".join(
         f"{name} {result[name]['cpu_s']['median']:.2f} ({result[name]['speedup_vs_reference_cpu']:.2f}x, "
         f"{result[name]['vision_calls_per_step']} vision calls, {result[name]['clips_encoded_per_step']} clips)"
-        for name in ("reference", "framethink", "framethink+prototypes")))
+        for name in ("reference", "framethink", "framethink+frozen-tower")))
 
 
 if __name__ == "__main__":

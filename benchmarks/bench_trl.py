@@ -1,7 +1,8 @@
 """Figure (a): GRPO step throughput, framethink against TRL's GRPOTrainer, in one process.
 
 Same tiny Qwen2.5-VL checkpoint, same image prompts (identical user text and image), same G, prompts per step,
-completion length, temperature / top-p, KL weight, optimiser and clipping. TRL is driven through its public
+completion length, temperature / top-p, KL weight, optimiser and clipping, float32 and no gradient checkpointing
+on both sides. TRL is driven through its public
 trainer (`GRPOTrainer.train`) with a constant reward; framethink runs `train_rl`'s step body with its recipe
 rewards (both are negligible next to the model work). Image prompts, because TRL's video path drops the video
 from every forward but generation (ENVIRONMENT.md).
@@ -23,7 +24,6 @@ from PIL import Image
 from benchmarks.common import (
     CLOCK_NOTE, FramethinkRun, count_vision_calls, limit_threads, print_result, rl_config, stats, write_image_records,
 )
-from benchmarks.prototypes import PrefixSharingAdapter
 from framethink.data.prompts import format_question
 from framethink.models.tiny import build_tiny
 
@@ -59,6 +59,7 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
         weight_decay=0.01, max_grad_norm=5.0, lr_scheduler_type="cosine", loss_type="grpo", scale_rewards="group",
         max_steps=warmup + steps, logging_steps=10_000, save_strategy="no", report_to="none", use_cpu=True,
         seed=0, disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False, bf16=False,  # fp32, as framethink
+        gradient_checkpointing=False,  # TRL's GRPO default is on; framethink's recipe runs without it here
     )
     clock = StepClock()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
@@ -78,10 +79,10 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
 
 def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image_size: int = 112, steps: int = 6,
         warmup: int = 1, sizes: dict | None = None) -> dict:
-    """TRL, framethink, and framethink with the prefix-sharing prototype on the same checkpoint and prompts;
-    returns seconds per step, completions/s and the ratios.
+    """TRL and framethink on the same checkpoint and prompts; returns seconds per step, completions/s and the
+    ratios.
 
-    framethink's steps are split in two halves around TRL's run so that a drift in machine load hits all three.
+    framethink's steps are split in two halves around TRL's run so that a drift in machine load hits both.
     """
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
     # TRL's processor reads the checkpoint's image bounds: give it the recipe's (SPEC 2.2), as framethink uses
@@ -93,8 +94,7 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
     config = rl_config(model_dir, train_file, "rl.algorithm=grpo", f"rl.num_generations={g}",
                        f"rl.max_new_tokens={new_tokens}", "rl.temperature=1.0", f"rl.beta={beta}", f"optim.lr={lr:.8f}",
                        f"optim.prompts_per_step={prompts}", f"run.max_steps={warmup + steps}")
-    runs = {"framethink": FramethinkRun.build(config),
-            "framethink+prefix": FramethinkRun.build(config, PrefixSharingAdapter)}
+    runs = {"framethink": FramethinkRun.build(config)}
     times: dict[str, list] = {name: [] for name in runs}
     for name, ours in runs.items():
         times[name] += [ours.step(i) for i in range(warmup + steps // 2)][warmup:]
@@ -146,9 +146,9 @@ def main() -> None:
         result = run(Path(tmp), prompts=args.prompts, g=args.g, new_tokens=args.new_tokens,
                      image_size=args.image_size, steps=args.steps)
     print_result("grpo step: framethink vs TRL GRPOTrainer", result)
+    ours = result["framethink"]
     print(f"completions per CPU-second: TRL {result['trl']['completions_per_cpu_s']:.2f}, "
-          + ", ".join(f"{name} {result[name]['completions_per_cpu_s']:.2f} ({result[name]['speedup_vs_trl_cpu']:.2f}x)"
-                      for name in ("framethink", "framethink+prefix")))
+          f"framethink {ours['completions_per_cpu_s']:.2f} ({ours['speedup_vs_trl_cpu']:.2f}x)")
 
 
 if __name__ == "__main__":

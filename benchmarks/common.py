@@ -1,5 +1,6 @@
-"""Shared set-up of the benchmark scripts: threads, timing, synthetic records and clips, recipes, and one
-framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed.
+"""Shared set-up of the benchmark scripts: threads, timing, synthetic records and clips, recipes, one
+framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed, and the
+adapter with prefix sharing turned off.
 
 Every script prints one JSON object (settings, min/median/max seconds, ratios) and a short table; the numbers
 in BENCHMARKS.md are copied from those outputs.
@@ -20,6 +21,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from transformers import DynamicCache, PreTrainedModel
 
 from framethink.config import TrainConfig, load_config
 from framethink.data.records import Record, load_records
@@ -28,6 +30,8 @@ from framethink.engine import (
     RunLogger, TrainingRun, build_optimizer, build_scheduler, make_accelerator, seed_everything, start_run,
     trainable_parameters,
 )
+from framethink.models.adapter import EncodedPrompt
+from framethink.models.qwen_vl import QwenVLAdapter
 from framethink.rl.rollout import Rollout, collect_rollout
 from framethink.rl.trainer import policy_update, reference_logprobs
 
@@ -117,6 +121,24 @@ def rl_config(model_dir: Path, train_file: Path, *overrides: str) -> TrainConfig
     return load_config(None, [*base, *overrides])
 
 
+# ---------------------------------------------------------------------------- prefix sharing turned off
+class PerRowAdapter(QwenVLAdapter):
+    """framethink's adapter with prefix sharing turned off (its path before prefix sharing became the default):
+    every row carries its whole prompt through the LM, in the generation prefill and in every log-prob forward.
+    The vision encoder still runs once per prompt batch."""
+
+    def _prefill(self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int],
+                 cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        packed = self.pack(model, prompts, row_prompt)  # [N, Lp]: one row per completion
+        out = model(inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
+                    position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], packed.attention_mask, packed.position_ids.amax(-1, keepdim=True)
+
+    def completion_logprobs(self, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor,
+                            *, model: PreTrainedModel | None = None) -> torch.Tensor:
+        return self._completion_logprobs_per_row(model or self.model, prompts, row_prompt, completion_ids)
+
+
 # ---------------------------------------------------------------------------- one framethink step
 @dataclass
 class StepTimes:
@@ -149,7 +171,8 @@ class FramethinkRun:
 
     @classmethod
     def build(cls, config: TrainConfig, adapter_cls: type | None = None) -> FramethinkRun:
-        """The state `train_rl` starts from; `adapter_cls` swaps in a prototype adapter class."""
+        """The state `train_rl` starts from; `adapter_cls` swaps in another adapter class (a prototype, or
+        `PerRowAdapter`)."""
         seed_everything(config.run.seed)
         state = start_run(config, make_accelerator(config), resume=False)
         if adapter_cls is not None:

@@ -1,13 +1,4 @@
-"""Two further fast paths for the Qwen2.5-VL adapter, as adapter subclasses the benchmarks measure.
-
-PrefixSharingAdapter
-    The G (+ G~) rows of a prompt share its whole prompt: vision tokens and text. The released adapter runs the
-    prompt through the LM once per ROW (prefill of N = B*G rows; every log-prob forward again over N rows).
-    Here the prompt runs once per PROMPT, its KV cache is gathered to the rows (`Cache.reorder_cache`, an
-    index_select that autograd follows), and only the completion tokens run per row. Same numbers up to
-    float rounding (checked by tests/test_benchmarks_smoke.py), prompt work divided by G. transformers drops the
-    KV cache in a training forward under gradient checkpointing, so there the policy forward keeps the
-    released per-row path.
+"""Two further fast paths the benchmarks measure, not yet in framethink.
 
 FrozenTowerAdapter
     With the vision tower frozen (SPEC 6), its output for a clip is the same in the rollout, the reference
@@ -15,12 +6,11 @@ FrozenTowerAdapter
     The tower output of each prompt's pixels is kept (bounded, keyed by the pixel tensor) and only the merger
     (the trainable connector, Video-R1 trains it) runs again per forward.
 
-draw_inverse_cdf
-    The sampling draw with one uniform number per row instead of torch.multinomial on the CPU.
-
 decode_by_keyframes
     Frame decoding that jumps from keyframe to keyframe instead of decoding the whole clip up to the last
     sampled frame.
+
+(Prefix sharing and the inverse-CDF sampling draw, measured here first, are framethink's default now.)
 """
 from __future__ import annotations
 
@@ -31,73 +21,13 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.vision_utils import get_vision_window_index
 
-from framethink.models.adapter import Decoding, EncodedPrompt
-from framethink.models.qwen_vl import PackedRows, QwenVLAdapter
-from framethink.models.sampling import Completions, sample_completions
+from framethink.models.adapter import EncodedPrompt
+from framethink.models.qwen_vl import QwenVLAdapter
 
 TOWER_CACHE_SIZE = 64  # prompts whose tower output is kept: a step's ordered and shuffled clips, with room
-
-
-class PrefixSharingAdapter(QwenVLAdapter):
-    """Prompt prefill once per prompt, KV cache gathered to the rows, in generation and in log-prob forwards."""
-
-    def _prefill(self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int],
-                 cache: DynamicCache) -> tuple[torch.Tensor, PackedRows, torch.Tensor]:
-        """Run each used prompt once; leave the rows' KV in `cache`. -> (logits [N, V] at the last prompt
-        position, the prompts' PackedRows [P, Lp], the prompt index of each row [N])."""
-        used = sorted(set(row_prompt))
-        local = {p: k for k, p in enumerate(used)}
-        rows = torch.tensor([local[p] for p in row_prompt], device=model.device)  # [N] -> packed prompt rows
-        packed = self.pack(model, prompts, used)  # [P, Lp]
-        out = model(inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
-                    position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.reorder_cache(rows)  # [P, H, Lp, d] -> [N, H, Lp, d]
-        return out.logits[:, -1][rows], packed, rows
-
-    @torch.no_grad()
-    def generate(self, prompts: list[EncodedPrompt], row_prompt: list[int], decoding: Decoding, *,
-                 generator: torch.Generator | None = None) -> Completions:
-        model = self.model
-        cache = DynamicCache()
-        first, packed, rows = self._prefill(model, prompts, row_prompt, cache)
-        attention = packed.attention_mask[rows]  # [N, Lp]
-        position = packed.position_ids.amax(-1, keepdim=True)[:, rows]  # [3, N, 1]
-
-        def step(tokens: torch.Tensor | None) -> torch.Tensor:
-            nonlocal attention, position
-            if tokens is None:
-                return first
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            position = position + 1
-            out = model(input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention,
-                        position_ids=position, past_key_values=cache, use_cache=True)
-            return out.logits[:, -1]
-
-        return sample_completions(step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                  suppress_ids=self.suppress_ids, generator=generator)
-
-    def completion_logprobs(self, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor,
-                            *, model: PreTrainedModel | None = None) -> torch.Tensor:
-        model = model or self.model
-        if model.training and model.is_gradient_checkpointing:
-            # transformers drops past_key_values under gradient checkpointing: the rows would lose their prompt
-            return super().completion_logprobs(prompts, row_prompt, completion_ids, model=model)
-        completion_ids = completion_ids.to(model.device)
-        t = completion_ids.shape[1]
-        cache = DynamicCache()
-        first, packed, rows = self._prefill(model, prompts, row_prompt, cache)  # first predicts token 0
-        logits = [first.unsqueeze(1)]  # [N, 1, V]
-        if t > 1:
-            attention = torch.cat([packed.attention_mask[rows], torch.ones_like(completion_ids)], dim=1)  # [N, Lp+T]
-            start = packed.position_ids.amax(-1, keepdim=True)[:, rows]  # [3, N, 1]
-            positions = start + torch.arange(1, t, device=model.device)  # [3, N, T-1]
-            logits.append(model(input_ids=completion_ids[:, :-1], attention_mask=attention[:, :-1],
-                                position_ids=positions, past_key_values=cache, use_cache=True).logits)
-        logits = torch.cat(logits, 1).float()  # [N, T, V]: position j predicts completion token j
-        return torch.log_softmax(logits, -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
 class FrozenTowerAdapter(QwenVLAdapter):
@@ -142,12 +72,9 @@ class FrozenTowerAdapter(QwenVLAdapter):
         return features
 
 
-class FastAdapter(PrefixSharingAdapter, FrozenTowerAdapter):
-    """Both prototypes together."""
-
-
 def convert(adapter: QwenVLAdapter, cls: type[QwenVLAdapter]) -> QwenVLAdapter:
-    """The same adapter (model, tokenizer, processor, frame cache) as an instance of prototype class `cls`."""
+    """The same adapter (model, tokenizer, processor, frame cache) as an instance of another adapter class `cls`
+    (a prototype, or the benchmarks' `PerRowAdapter`)."""
     out = cls.__new__(cls)
     out.__dict__.update(adapter.__dict__)
     if issubclass(cls, FrozenTowerAdapter):
@@ -182,13 +109,3 @@ def decode_by_keyframes(path: str | Path, indices: np.ndarray) -> np.ndarray:
                     kept[target] = frame.to_ndarray(format="rgb24")
                     break
     return np.stack([kept[i] for i in indices.tolist()])
-
-
-def draw_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of `probs` [N, V] -> [N], on `probs`' device: u ~ U(0, 1) per row from the (CPU)
-    generator, token = first index whose cumulative probability exceeds u * total. Exactly the categorical
-    distribution, from N random numbers instead of the N * V that `torch.multinomial` draws on the CPU
-    (`sample_completions` copies the probabilities to the CPU and draws there, every token)."""
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)  # [N, 1]
-    cdf = probs.double().cumsum(-1)  # [N, V]
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1).squeeze(-1)

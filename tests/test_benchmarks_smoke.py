@@ -2,7 +2,7 @@
 
 No timing is asserted. The counts are hand-computed from the designs (per step, B prompts, G + G~ rows):
 framethink calls the vision encoder 3 times (rollout, reference, policy), the reference design G + G~ + 2 times.
-The prototypes must give the released adapter's numbers.
+The frozen-tower prototype and the adapter with prefix sharing turned off must give framethink's numbers.
 """
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
-from benchmarks.common import FramethinkRun, rl_config, write_clip, write_video_records
-from benchmarks.prototypes import (
-    FrozenTowerAdapter, PrefixSharingAdapter, convert, decode_by_keyframes, draw_inverse_cdf,
-)
+from benchmarks.common import FramethinkRun, PerRowAdapter, rl_config, write_clip, write_video_records
+from benchmarks.prototypes import FrozenTowerAdapter, convert, decode_by_keyframes
 from fixtures_models import SMALL_SIZES
 from framethink.data.video import sample_frames
 from framethink.models.adapter import Decoding
@@ -38,13 +36,13 @@ def test_trl_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
     assert result["framethink"]["clips_encoded_per_step"] == 3  # one image, once per forward
     assert result["trl"]["vision_calls_per_step"] == 3
     assert result["trl"]["clips_encoded_per_step"] == 6  # one copy of the image per completion
-    assert result["framethink+prefix"]["mean_completion_length"] <= 2
+    assert result["framethink"]["mean_completion_length"] <= 2
 
 
 def test_reference_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
     result = bench_reference.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, steps=1, warmup=0,
                                  sizes=SMALL_SIZES)
-    ref, ours, proto = result["reference"], result["framethink"], result["framethink+prototypes"]
+    ref, ours, proto = result["reference"], result["framethink"], result["framethink+frozen-tower"]
     assert (ref["vision_calls_per_step"], ref["clips_encoded_per_step"]) == (2 + 1 + 2, 2 + 1 + 2 * 2)
     assert (ours["vision_calls_per_step"], ours["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
     assert (proto["vision_calls_per_step"], proto["clips_encoded_per_step"]) == (1, 2)
@@ -70,6 +68,7 @@ def test_fastpaths_benchmark_shares_vision(tmp_path: Path) -> None:
     result = bench_fastpaths.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, repeats=1,
                                  sizes=SMALL_SIZES)
     assert result["clips_encoded"] == {"generate, shared": 2, "generate, per row": 3}
+    assert result["prefix_sharing_samples_the_same_tokens"]
     assert len(result["results"]) == 9
 
 
@@ -90,7 +89,7 @@ def test_gpu_benchmark_runs_on_cpu_and_computes_the_bound(tmp_path: Path) -> Non
     assert bench_gpu.card_bandwidth("NVIDIA H200") == 4.8
 
 
-def test_prototypes_give_the_released_numbers(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
+def test_prototype_and_per_row_adapters_give_framethinks_numbers(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
     train_file = write_video_records(tmp_path / "clips", 2, num_frames=4, size=56)
     run = FramethinkRun.build(rl_config(tiny_qwen25_vl_dir, train_file))
     adapter, template = run.adapter, run.config.data.template
@@ -99,25 +98,21 @@ def test_prototypes_give_the_released_numbers(tmp_path: Path, tiny_qwen25_vl_dir
     rows = [0, 0, 1, 1, 1, 2]
     done = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
     expected = adapter.completion_logprobs(prompts, rows, done.tokens)
-    for cls in (PrefixSharingAdapter, FrozenTowerAdapter):
-        proto = convert(adapter, cls)
-        again = proto.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    for cls in (PerRowAdapter, FrozenTowerAdapter):
+        other = convert(adapter, cls)
+        again = other.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
         assert torch.equal(again.tokens, done.tokens)
         for _ in range(2):  # the second call reuses the frozen tower's output
-            torch.testing.assert_close(proto.completion_logprobs(prompts, rows, done.tokens), expected,
+            torch.testing.assert_close(other.completion_logprobs(prompts, rows, done.tokens), expected,
                                        rtol=1e-5, atol=1e-5)
-    adapter.model.gradient_checkpointing_enable()  # transformers then drops the KV cache of a training forward
-    adapter.model.train()
-    torch.testing.assert_close(convert(adapter, PrefixSharingAdapter).completion_logprobs(prompts, rows, done.tokens),
-                               expected, rtol=1e-5, atol=1e-5)
-
-
-def test_inverse_cdf_draw_follows_the_probabilities() -> None:
-    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)  # [40000, 4]
-    tokens = draw_inverse_cdf(probs, torch.Generator().manual_seed(0)).view(-1, 2)
-    freq = torch.bincount(tokens[:, 0], minlength=4).float() / tokens.shape[0]
-    torch.testing.assert_close(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01, rtol=0)
-    assert torch.all(tokens[:, 1] == 3)
+    shapes: list[tuple[int, int]] = []  # (rows, columns) of each language-model forward
+    hook = adapter.model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    convert(adapter, PerRowAdapter).completion_logprobs(prompts, rows, done.tokens)
+    adapter.completion_logprobs(prompts, rows, done.tokens)
+    hook.remove()
+    lp, t = max(p.inputs["input_ids"].shape[1] for p in prompts), done.tokens.shape[1]
+    assert shapes == [(6, lp + t), (3, lp), (6, t - 1)]  # per row: whole rows; framethink: 3 prompts, then tokens
 
 
 def test_keyframe_decoding_matches_sample_frames(tmp_path: Path) -> None:

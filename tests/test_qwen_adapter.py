@@ -1,6 +1,7 @@
 """The Qwen-VL policy adapter: generation agrees with the full forward, the vision encoder runs once per
-prompt batch, every forward of a training step gets the video and its 3-D positions, vision special tokens
-are never sampled, completion masks run through EOS, frame orders, and mixed-media batches."""
+prompt batch, each prompt runs through the LM once (and once per row under gradient checkpointing, with the same
+log-probs and gradients), every forward of a training step gets the video and its 3-D positions, vision special
+tokens are never sampled, completion masks run through EOS, frame orders, and mixed-media batches."""
 from __future__ import annotations
 
 import copy
@@ -52,28 +53,47 @@ def test_incremental_generation_agrees_with_the_full_forward(request, checkpoint
     assert prompts[0].inputs["input_ids"].shape != prompts[1].inputs["input_ids"].shape
     rows = [0, 0, 1, 1]
 
-    # sampled: the log-probs of each step's logits (KV cache, incremental positions) equal the full forward's
+    # sampled: the log-probs of each step's logits (one prefill per prompt, KV cache gathered to the rows,
+    # incremental positions) equal the log-prob forward's and those of a whole-sequence forward per row
     steps: list[torch.Tensor] = []
     hook = adapter.model.register_forward_hook(lambda module, args, out: steps.append(out.logits[:, -1].clone()))
     sampled = adapter.generate(prompts, rows, Decoding(max_new_tokens=6), generator=torch.Generator().manual_seed(0))
     hook.remove()
     tokens, mask = sampled.tokens, sampled.mask.bool()
-    incremental = torch.stack(steps[: tokens.shape[1]], 1).log_softmax(-1)  # [N, T, V]
+    assert steps[0].shape[0] == 2  # the prefill ran the 2 prompts, not the 4 rows
+    incremental = torch.stack([steps[0][rows], *steps[1: tokens.shape[1]]], 1).log_softmax(-1)  # [N, T, V]
     incremental = incremental.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
     full = adapter.completion_logprobs(prompts, rows, tokens)
     assert torch.allclose(full[mask], incremental[mask], atol=1e-5), (full - incremental)[mask].abs().max()
+    whole = adapter._completion_logprobs_per_row(adapter.model, prompts, rows, tokens)  # no cache anywhere
+    assert torch.allclose(full, whole, atol=1e-5), (full - whole).abs().max()
 
-    # greedy: every generated token is the argmax (vision tokens excluded) of the full forward's logits
+    # greedy: every generated token is the argmax (vision tokens excluded) of the log-prob forward's logits
     greedy = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
     logits: list[torch.Tensor] = []
-    hook = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits[:, :-1]))
+    hook = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits))
     logp = adapter.completion_logprobs(prompts, rows, greedy.tokens)
     hook.remove()
-    forward = logits[0].float()  # [N, T, V]
+    prefill, completion = logits  # [2, 1, V] once per prompt, then [N, T-1, V] over the rows' tokens
+    forward = torch.cat([prefill[rows], completion], 1).float()  # [N, T, V]
+    assert forward.shape[:2] == greedy.tokens.shape
     assert torch.allclose(forward.log_softmax(-1).gather(-1, greedy.tokens.unsqueeze(-1)).squeeze(-1), logp)
     forward[..., adapter.suppress_ids] = float("-inf")
     mask = greedy.mask.bool()
     assert torch.equal(forward.argmax(-1)[mask], greedy.tokens[mask])
+
+
+def _spy_language_model(adapter, monkeypatch) -> list[tuple[int, int]]:
+    """Record the (rows, columns) of every call of the adapter model's language model."""
+    lm, seen = adapter.model.model.language_model, []
+    forward = lm.forward
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "forward", spy)
+    return seen
 
 
 def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monkeypatch):
@@ -85,12 +105,48 @@ def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monke
     assert len(seen) == 1 and torch.equal(seen[0], pixels)  # the 2 prompts' pixels, not 8 rows' worth
     adapter.completion_logprobs(prompts, rows, completions.tokens)
     assert len(seen) == 2 and torch.equal(seen[1], pixels)
-    assert adapter.vision_encoder_calls == 2
+    adapter.model.gradient_checkpointing_enable()  # the whole-row fallback shares the features too
+    adapter.model.train()
+    adapter.completion_logprobs(prompts, rows, completions.tokens)
+    assert len(seen) == 3 and torch.equal(seen[2], pixels)
+    assert adapter.vision_encoder_calls == 3
 
 
-def _check_positions(positions: torch.Tensor, attention: torch.Tensor, completion: int) -> None:
-    """Each row holds one 4-frame video block (grid (2, 4, 4): 2 time steps 2 apart, 2x2 merged tokens), the
-    text after it resumes at the block's max + 1, and the last `completion` columns are text that counts on."""
+def test_each_prompt_runs_once_and_gradient_checkpointing_falls_back_to_whole_rows(adapter, synth_records, monkeypatch):
+    """Log-probs and their gradients are the same whether the prompts run once (KV cache gathered to the rows) or
+    once per row (the path under gradient checkpointing, where transformers drops the KV cache)."""
+    calls = _spy_language_model(adapter, monkeypatch)
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
+    lp = max(p.inputs["input_ids"].shape[1] for p in prompts)
+    rows = [0, 0, 0, 1, 1]
+    tokens = torch.tensor(adapter.tokenizer("<think>red</think><answer>A</answer>")["input_ids"]).expand(5, -1)
+    t = tokens.shape[1]
+    adapter.model.train()
+
+    def logprobs_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logp = adapter.completion_logprobs(prompts, rows, tokens)
+        (logp * torch.arange(1.0, 6.0).unsqueeze(1)).sum().backward()  # rows weighted apart: gradients tell them apart
+        grads = [p.grad.clone() for p in adapter.model.parameters()]
+        adapter.model.zero_grad(set_to_none=True)
+        return logp.detach(), grads
+
+    shared, shared_grads = logprobs_and_gradients()
+    assert calls == [(2, lp), (5, t - 1)]  # the 2 prompts once, then the rows' completion tokens
+    adapter.model.gradient_checkpointing_enable()
+    whole, whole_grads = logprobs_and_gradients()
+    assert calls[2:] == [(5, lp + t)]  # every row with its whole prompt, in one forward
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(shared_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    adapter.model.eval()  # no training forward: the KV cache is kept, prompts run once again
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.completion_logprobs(prompts, rows, tokens), whole, rtol=1e-5, atol=1e-5)
+    assert calls[3:] == [(2, lp), (5, t - 1)]
+
+
+def _check_positions(positions: torch.Tensor, attention: torch.Tensor) -> None:
+    """Each row holds one 4-frame video block (grid (2, 4, 4): 2 time steps 2 apart, 2x2 merged tokens), and the
+    text after it resumes at the block's max + 1."""
     for row in range(positions.shape[1]):
         p = positions[:, row, attention[row].bool()]  # [3, n] real tokens
         spatial = (p[0] != p[1]) | (p[1] != p[2])  # every video token but the block's first
@@ -100,17 +156,15 @@ def _check_positions(positions: torch.Tensor, attention: torch.Tensor, completio
         assert torch.equal(p[:, first:first + 8], block)
         assert int(spatial.sum()) == 7  # nothing else is positioned as vision
         assert p[:, first + 8].tolist() == [s + 3] * 3
-        if completion:
-            tail = p[:, -completion:]
-            start = int(p[:, :-completion].max()) + 1
-            assert torch.equal(tail, torch.arange(start, start + completion).expand(3, -1))
+        assert torch.equal(p[:, first + 8:], torch.arange(s + 3, s + 3 + p.shape[1] - first - 8).expand(3, -1))
 
 
 def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
     recipe, tiny_qwen25_vl_dir, synth_records, monkeypatch
 ):
-    """Generation, old, reference and policy forwards (T-GRPO, beta > 0, 2 inner updates) all see the video
-    pixels through their own model's vision encoder and [3, N, L] M-RoPE positions."""
+    """Generation, old, reference and policy forwards (T-GRPO, beta > 0, 2 inner updates) each run their prompts
+    once, right after their own model's vision encoder saw the video pixels, with [3, P, Lp] M-RoPE positions;
+    the completion tokens and the decoding steps continue each row from its prompt's largest position + 1."""
     events: list[tuple] = []
     vision_class, text_class = qwen25.Qwen2_5_VisionTransformerPretrainedModel, qwen25.Qwen2_5_VLTextModel
     visual_forward, lm_forward = vision_class.forward, text_class.forward
@@ -131,30 +185,43 @@ def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
     encoded = [reference.encode(r, template=TEMPLATE) for r in synth_records]
     clips = [p.inputs["pixel_values_videos"] for p in encoded]
     prompt_length = max(p.inputs["input_ids"].shape[1] for p in encoded)
-    full = [i for i, e in enumerate(events) if e[0] == "lm" and e[4][1] > 1]  # prefill and whole-sequence forwards
-    assert len(full) == 5  # generation prefill, old, reference, policy x 2
-    assert sum(e[0] == "visual" for e in events) == 5
+    # rows: G = 4 per prompt, then G~ = 2 per shuffled clip (prompts 2 and 3) to generate; 4 per prompt to train
+    generation_rows, training_rows = [0] * 4 + [1] * 4 + [2] * 2 + [3] * 2, [0] * 4 + [1] * 4
+    prompt_forwards = [i for i, e in enumerate(events) if e[0] == "lm" and events[i - 1][0] == "visual"]
+    assert len(prompt_forwards) == 5  # generation prefill, old, reference, policy x 2
+    assert sum(e[0] == "visual" for e in events) == 5 and events[0][0] == "visual"
     pairs = set()
-    for n, i in enumerate(full):
-        kind, visual_module, pixels = events[i - 1]
+    for n, i in enumerate(prompt_forwards):
+        _, visual_module, pixels = events[i - 1]  # the encoder ran for this very forward
         _, lm_module, positions, attention, shape = events[i]
-        assert kind == "visual"  # the encoder ran for this very forward
         pairs.add((visual_module, lm_module))
         chunks = list(pixels.split(32))  # 32 patches per clip
         assert len(chunks) == (4 if n == 0 else 2)  # generation adds the 2 shuffled clips after the ordered ones
         assert all(any(torch.equal(chunk, clip) for chunk in chunks[:2]) for clip in clips)
-        rows = 12 if n == 0 else 8  # 2 prompts x (4 + 2 shuffled) to generate, 2 x 4 to train
-        assert positions is not None and positions.shape == (3, rows, shape[1]) and shape[0] == rows
-        _check_positions(positions, attention, completion=shape[1] - prompt_length)
+        prompts = len(chunks)  # each prompt once, not once per row
+        assert positions is not None and positions.shape == (3, prompts, prompt_length)
+        assert tuple(shape[:2]) == (prompts, prompt_length)
+        _check_positions(positions, attention)
+
+        rows = torch.tensor(generation_rows if n == 0 else training_rows)
+        start = positions.amax(-1, keepdim=True)[:, rows]  # [3, N, 1] each row's prompt's largest position
+        end = prompt_forwards[n + 1] - 1 if n + 1 < len(prompt_forwards) else len(events)
+        after = events[i + 1:end]  # the forwards that continue these prompts, up to the next vision call
+        assert after and all(e[0] == "lm" and e[1] is lm_module for e in after)  # the same LM, on its own cache
+        for e in after:  # each row attends to its own prompt's tokens, then to its completion
+            assert torch.equal(e[3][:, :prompt_length], attention[rows])
+            assert bool(e[3][:, prompt_length:].all())
+        if n == 0:  # decoding: one token per row per step, positions one by one
+            for k, e in enumerate(after, start=1):
+                assert tuple(e[4][:2]) == (12, 1)
+                assert torch.equal(e[2], start + k)
+        else:  # one forward over all rows' completion tokens (the last one predicts nothing)
+            (e,) = after
+            width = e[4][1]
+            assert tuple(e[4][:2]) == (8, width) and width >= 1
+            assert torch.equal(e[2], start + torch.arange(1, width + 1))
     assert len(pairs) == 2  # policy and reference each use their own encoder and language model
     assert len({v for v, _ in pairs}) == 2 and len({m for _, m in pairs}) == 2
-
-    # decoding steps continue each row's text positions one by one from the prompt's largest position
-    prefill = events[full[0]][2]
-    steps = [e[2] for e in events[full[0] + 1:full[1] - 1] if e[0] == "lm"]
-    assert steps and all(step.shape == (3, 12, 1) for step in steps)
-    for k, step in enumerate(steps, start=1):
-        assert torch.equal(step, prefill.amax(-1, keepdim=True) + k)
 
 
 @torch.no_grad()

@@ -239,9 +239,17 @@ def option_texts(item: SynthItem, fixed_options: bool) -> tuple[str, ...]:
     return VOCABULARY[item.task] if fixed_options and item.options else item.options
 
 
+ASKED = {  # what the chain of thought says the question asks, restating it next to where the answer is chosen
+    "color_first": "which colour came first", "color_last": "which colour came last",
+    "shape_first": "which shape came first", "shape_last": "which shape came last",
+    "color": "the colour of the square", "direction": "where the square moved", "count": "how often the circle appeared",
+}
+
+
 def describe(item: SynthItem, options: tuple[str, ...]) -> str:
-    """A chain of thought that describes the clip and names the option letter of what it saw, but does not
-    say which option answers the question: `<think>the clip starts red and ends blue. red is C. blue is A.</think>`.
+    """A chain of thought that restates the question, describes the clip and names the option letter of what
+    it saw, but does not say which option answers the question:
+    `<think>the question asks which colour came first. the clip starts red and ends blue. red is A. blue is C.</think>`.
     The cold start can teach it while the choice of answer is left to reward."""
     first, last = item.scenes[0], item.scenes[-1]
     if item.task.startswith("color_"):
@@ -261,7 +269,7 @@ def describe(item: SynthItem, options: tuple[str, ...]) -> str:
         text = f"the circle appears {item.answer} times."
     for value in seen:
         text += f" {value} is {ascii_uppercase[options.index(value)]}."
-    return f"<think>{text}</think>"
+    return f"<think>the question asks {ASKED[item.task]}. {text}</think>"
 
 
 def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) -> dict:

@@ -1,10 +1,13 @@
 """Policy adapter for Qwen2-VL and Qwen2.5-VL.
 
 Three things the reference trainers get wrong are done here, once, for every caller:
-- the vision encoder runs once per prompt and its features serve all rows (completions) of that prompt;
-- every forward gets 3-D M-RoPE positions computed from the grids, the fps-derived `second_per_grid_ts`
-  and `mm_token_type_ids` extended with zeros over the completion (transformers v5 silently falls back to
-  1-D positions without them, ENVIRONMENT.md);
+- each prompt runs once per forward, whatever its number of rows (completions): the vision encoder runs once
+  over the batch's prompts, the LM runs each distinct prompt once (prefix sharing) and its KV cache is
+  gathered to the prompt's rows, and only the completion tokens run per row, in generation and in every
+  log-prob forward;
+- every forward gets 3-D M-RoPE positions computed from the grids and the fps-derived `second_per_grid_ts`
+  (transformers v5 silently falls back to 1-D positions without them, ENVIRONMENT.md); completion tokens
+  continue from their prompt's largest position + 1;
 - generation is one batched, KV-cached loop for all prompts, with the vision special tokens suppressed.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from framethink.models.loader import load_qwen_vl
 from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
 from framethink.models.sampling import (
-    Completions, completion_logprobs_from_logits, decode_completions, sample_completions,
+    Completions, completion_logprobs_from_logits, decode_completions, sample_completions, token_logprobs,
 )
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
@@ -175,6 +178,25 @@ class QwenVLAdapter:
             return grids, [1.0] * len(grids)
         return [], []
 
+    def _prefill(
+        self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int], cache: DynamicCache
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run each distinct prompt of the rows through `model` once and gather its KV cache in `cache` to its rows.
+
+        -> (logits [N, V] at each row's last prompt position, the rows' prompt attention mask [N, Lp], each row's
+        largest prompt position [3, N, 1], from which its completion continues).
+        """
+        used = sorted(set(row_prompt))
+        packed = self.pack(model, prompts, used)  # [P, Lp]: one row per distinct prompt
+        out = model(
+            inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
+            position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        rows = torch.tensor([used.index(i) for i in row_prompt], device=model.device)  # [N] packed row of each row
+        cache.reorder_cache(rows)  # [P, H, Lp, d] -> [N, H, Lp, d] in every layer; autograd follows the gather
+        last = packed.position_ids.amax(-1, keepdim=True)  # [3, P, 1]
+        return out.logits[:, -1][rows], packed.attention_mask[rows], last[:, rows]
+
     def completion_logprobs(
         self,
         prompts: list[EncodedPrompt],
@@ -183,15 +205,39 @@ class QwenVLAdapter:
         *,
         model: PreTrainedModel | None = None,
     ) -> torch.Tensor:
-        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy)."""
+        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy).
+
+        The prompts run once each (`_prefill`), then the completion tokens of all rows in one forward.
+        """
         model = model or self.model
-        packed = self.pack(model, prompts, row_prompt, completion_ids.to(model.device))
+        if model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+            # transformers drops the KV cache in a training forward under gradient checkpointing
+            return self._completion_logprobs_per_row(model, prompts, row_prompt, completion_ids)
+        completion_ids = completion_ids.to(model.device)  # [N, T]
         t = completion_ids.shape[1]
+        cache = DynamicCache()
+        first, attention, last = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp], [3, N, 1]
+        logp = [token_logprobs(first.unsqueeze(1), completion_ids[:, :1])]  # [N, 1]: the prompt predicts token 0
+        if t > 1:
+            inputs = completion_ids[:, :-1]  # [N, T-1]: token j predicts token j + 1
+            logits = model(
+                input_ids=inputs, attention_mask=torch.cat([attention, torch.ones_like(inputs)], dim=1),
+                position_ids=last + torch.arange(1, t, device=model.device), past_key_values=cache, use_cache=True,
+            ).logits  # [N, T-1, V]
+            logp.append(token_logprobs(logits, completion_ids[:, 1:]))
+        return torch.cat(logp, dim=1)  # [N, T]
+
+    def _completion_logprobs_per_row(
+        self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """`completion_logprobs` with every row carrying its whole prompt through the LM, in one forward without a
+        KV cache: the path for a training forward under gradient checkpointing (vision still once per prompt)."""
+        packed = self.pack(model, prompts, row_prompt, completion_ids.to(model.device))  # [N, Lp+T]
         logits = model(
             inputs_embeds=packed.inputs_embeds,
             attention_mask=packed.attention_mask,
             position_ids=packed.position_ids,
-            logits_to_keep=t + 1,
+            logits_to_keep=completion_ids.shape[1] + 1,
             use_cache=False,
         ).logits  # [N, T+1, V]
         return completion_logprobs_from_logits(logits, completion_ids)
@@ -206,28 +252,23 @@ class QwenVLAdapter:
         *,
         generator: torch.Generator | None = None,
     ) -> Completions:
-        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one batch."""
+        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one batch; each
+        prompt is prefilled once."""
         model = self.model
-        packed = self.pack(model, prompts, row_prompt)
         cache = DynamicCache()
-        attention = packed.attention_mask
-        position = packed.position_ids.amax(-1, keepdim=True)  # [3, N, 1] last prompt position
+        first, attention, position = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp], [3, N, 1]
 
         def step(tokens: torch.Tensor | None) -> torch.Tensor:
             nonlocal attention, position
             if tokens is None:
-                out = model(
-                    inputs_embeds=packed.inputs_embeds, attention_mask=attention, position_ids=packed.position_ids,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                )
-            else:
-                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-                position = position + 1
-                out = model(
-                    input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention, position_ids=position,
-                    past_key_values=cache, use_cache=True,
-                )
-            return out.logits[:, -1]
+                return first
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L+1]
+            position = position + 1  # [3, N, 1]
+            out = model(
+                input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention, position_ids=position,
+                past_key_values=cache, use_cache=True,
+            )
+            return out.logits[:, -1]  # [N, V]
 
         return sample_completions(
             step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,

@@ -3,7 +3,8 @@
 The adapter supplies `step`: called once with `None` it runs the prefill and returns the logits at the
 last prompt position; then it is called with each new token column. The loop only samples: it applies
 temperature / top-p, suppresses the vision special tokens (a completion holding one breaks every later
-forward, ENVIRONMENT.md), and masks every row up to and including its EOS.
+forward, ENVIRONMENT.md), draws on the logits' device by inverse CDF, and masks every row up to and
+including its EOS.
 """
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def draw_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` [N, V] (non-negative, any positive total) -> [N], on `probs`' device.
+
+    One uniform u per row from the CPU `generator`; the token is the first index whose cumulative probability
+    exceeds u * total: exactly the categorical distribution (SPEC 5 sampling), from N random numbers, where
+    `torch.multinomial` with a CPU generator needs the probabilities on the CPU and draws N * V numbers there.
+    """
+    # u <= 1 - 2^-53, and such a product u * total rounds strictly below the total: the first index past it
+    # always exists and holds mass (a token without mass repeats the cumulative value before it)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)  # [N, 1]
+    cdf = probs.double().cumsum(-1)  # [N, V]
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # [N]
+
+
 @torch.no_grad()
 def sample_completions(
     step: Callable[[torch.Tensor | None], torch.Tensor],
@@ -60,7 +75,7 @@ def sample_completions(
             next_tokens = logits.argmax(-1)  # [N]
         else:
             probs = filter_top_p(logits / decoding.temperature, decoding.top_p).softmax(-1)
-            next_tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+            next_tokens = draw_inverse_cdf(probs, generator)  # [N]
         next_tokens = next_tokens.cpu()
         masks.append((~finished).float())
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
@@ -81,8 +96,13 @@ def decode_completions(tokenizer, completions: Completions, eos_ids: Sequence[in
     return texts
 
 
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """logits [N, T, V] where position j predicts ids[:, j] -> log-probs [N, T] of ids [N, T]."""
+    logits = logits.float()
+    return torch.log_softmax(logits, -1).gather(-1, ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+
+
 def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor) -> torch.Tensor:
     """logits [N, T+1, V] of the last T+1 positions -> log-probs [N, T] of completion_ids [N, T]
     (position j predicts completion token j)."""
-    logits = logits[:, :-1].float()  # [N, T, V]
-    return torch.log_softmax(logits, -1).gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+    return token_logprobs(logits[:, :-1], completion_ids)
