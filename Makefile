@@ -2,7 +2,6 @@
 #   .venv       framethink and its dependencies (what users run)
 #   .venv-test  the same plus the test tools and the official processors' torchvision (reference only)
 PY ?= python3
-SITE = $(shell $(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: demo test clean
 
@@ -19,8 +18,9 @@ SITE = $(shell $(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()
 	.venv-test/bin/pip install -q --upgrade pip
 	.venv-test/bin/pip install -q -c constraints.txt torch
 	.venv-test/bin/pip install -q -c constraints.txt -e ".[test]" "torchvision==0.28.0"
-	cp tests/support/torchvision_cpu_shim.py $(call SITE,.venv-test)/
-	echo "import torchvision_cpu_shim" > $(call SITE,.venv-test)/torchvision_cpu_shim.pth
+	site=$$(.venv-test/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	  cp tests/support/torchvision_cpu_shim.py "$$site"/ && \
+	  echo "import torchvision_cpu_shim" > "$$site"/torchvision_cpu_shim.pth
 	touch $@
 
 demo: .venv/.installed

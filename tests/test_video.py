@@ -236,7 +236,7 @@ def test_decode_errors(tmp_path):
 
     cases = {
         "missing.mp4": "file not found",
-        "folder.mp4": "not a regular file",
+        "folder.mp4": "frame folder holds no",  # a directory is read as a folder of frame images
         "cut_body.mp4": "could not be decoded",
         "cut_head.mp4": "cannot decode|no video stream",
         "garbage.mp4": "cannot decode",
@@ -307,3 +307,20 @@ def test_empty_frame_folder_is_an_error(tmp_path):
         sample_frames(tmp_path / "empty")
     with pytest.raises(VideoDecodeError):
         verify_media(tmp_path / "empty", "video")
+
+
+@pytest.mark.parametrize("container", ["mp4", "matroska", "h264"])  # raw H.264 packets carry no timestamps
+def test_keyframe_seeking_returns_the_frames_of_a_full_decode(tmp_path, container):
+    noise = np.random.default_rng(2).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)  # every frame distinct
+    path = write_video(tmp_path / f"clip.{container}", noise, 10, container=container, gop=4)
+    with av.open(str(path)) as video:
+        keyframes = [i for i, p in enumerate(video.demux(video=0)) if p.size and p.is_keyframe]
+    with av.open(str(path)) as video:
+        full = np.stack([f.to_ndarray(format="rgb24") for f in video.decode(video=0)])  # [60, 32, 32, 3]
+    assert len(full) == 60 and keyframes[:3] == [0, 4, 8]  # several keyframes to jump to
+    got = sample_frames(path, rule="uniform", num_frames=5)  # 0, 14, 29, 44, 59: jumps from keyframe to keyframe
+    assert got.indices.tolist() == [0, 14, 29, 44, 59]
+    np.testing.assert_array_equal(got.frames, full[got.indices])
+    bounded = sample_frames(path, rule="uniform", num_frames=4, start=2.15, end=4.0)  # frames 22 .. 40
+    assert bounded.indices.tolist() == [22, 28, 34, 40]
+    np.testing.assert_array_equal(bounded.frames, full[bounded.indices])

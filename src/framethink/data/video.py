@@ -4,6 +4,7 @@ Nothing here substitutes anything for a bad file: every failure raises `VideoDec
 """
 from __future__ import annotations
 
+import bisect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def sample_frames(
     if folder is not None:
         frames = np.stack([load_image(folder[i]).frames[0] for i in indices.tolist()])
     else:
-        frames = _decode(path, indices, video_fps, total, seek=first > 0)
+        frames = _decode(path, indices, total)
     return SampledFrames(
         frames=frames,
         fps=len(indices) / count * video_fps,
@@ -243,32 +244,45 @@ def _frame_range(
     return first, last
 
 
-def _decode(path: Path, indices: np.ndarray, video_fps: float, total: int, *, seek: bool) -> np.ndarray:
-    """One pass over the stream that converts to RGB only the frames at `indices`. -> [T, H, W, 3] uint8"""
-    wanted = set(indices.tolist())
-    first, last = min(wanted), max(wanted)
+def _decode(path: Path, indices: np.ndarray, total: int) -> np.ndarray:
+    """The frames at `indices`, converting only those to RGB. -> [T, H, W, 3] uint8
+
+    A packet scan (no decoding) orders the frames by presentation timestamp and lists the keyframes. Decoding runs
+    forward and jumps to the keyframe before the next wanted frame whenever that keyframe lies past the current
+    position, as decord does, so sparse samples of a long clip do not decode every frame in between. Frames are
+    identified by timestamp; a stream whose packets lack distinct timestamps is decoded from the start and its
+    frames counted in order.
+    """
+    wanted = sorted(set(indices.tolist()))
     kept: dict[int, np.ndarray] = {}
+    with _decode_errors(path), av.open(str(path)) as container:  # its own pass: raw streams cannot seek back
+        stamps = [(packet.pts, packet.is_keyframe) for packet in container.demux(video=0) if packet.size]
+    order = sorted(pts for pts, _ in stamps if pts is not None)
+    timed = len(set(order)) == len(stamps)
+    rank = {pts: i for i, pts in enumerate(order)} if timed else {}
+    keys = sorted(rank[pts] for pts, key in stamps if key) if timed else []
     with _decode_errors(path), av.open(str(path)) as container:
         stream = container.streams.video[0]
+        # frame + slice threads, as many as the cores this process may use (one core: none). Measured against
+        # slice-only and no threading on 1 and 2 cores: none was faster beyond noise (BENCHMARKS.md, figure (c))
         stream.thread_type = "AUTO"
-        origin = stream.start_time or 0
-        index: int | None = 0
-        if seek:
-            container.seek(origin + int(first / video_fps / stream.time_base), stream=stream)
-            index = None  # known from the first decoded frame's timestamp
-        for frame in container.decode(stream):
-            if index is None:
-                if frame.pts is None:
-                    raise VideoDecodeError(path, "frames carry no timestamps, so a start bound cannot be sought")
-                index = round(float((frame.pts - origin) * stream.time_base) * video_fps)
-                if index > first:
-                    raise VideoDecodeError(path, f"seeking to frame {first} landed on frame {index}")
-            if index in wanted:
-                kept[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
+        frames = container.decode(stream)
+        position = -1  # index of the last decoded frame
+        for target in wanted:
+            at = bisect.bisect_right(keys, target)
+            if at and keys[at - 1] > position + 1:  # the keyframe before `target` lies ahead: skip to it
+                container.seek(order[keys[at - 1]], stream=stream)
+                frames = container.decode(stream)
+            for frame in frames:
+                if timed and frame.pts not in rank:
+                    raise VideoDecodeError(path, f"a decoded frame has timestamp {frame.pts}, which no packet carries")
+                position = rank[frame.pts] if timed else position + 1
+                if position >= target:
+                    break
+            if position != target:
                 break
-            index += 1
-    missing = sorted(wanted - kept.keys())
+            kept[target] = frame.to_ndarray(format="rgb24")
+    missing = sorted(set(wanted) - kept.keys())
     if missing:
         raise VideoDecodeError(
             path, f"frame {missing[0]} of {total} could not be decoded (the stream ends early: truncated or corrupt)"
