@@ -1,4 +1,4 @@
-"""Two further fast paths the benchmarks measure, not yet in framethink.
+"""A further fast path the benchmarks measure, not yet in framethink.
 
 FrozenTowerAdapter
     With the vision tower frozen (SPEC 6), its output for a clip is the same in the rollout, the reference
@@ -6,20 +6,13 @@ FrozenTowerAdapter
     The tower output of each prompt's pixels is kept (bounded, keyed by the pixel tensor) and only the merger
     (the trainable connector, Video-R1 trains it) runs again per forward.
 
-decode_by_keyframes
-    Frame decoding that jumps from keyframe to keyframe instead of decoding the whole clip up to the last
-    sampled frame.
-
-(Prefix sharing and the inverse-CDF sampling draw, measured here first, are framethink's default now.)
+(Prefix sharing, the inverse-CDF sampling draw and keyframe-seeking frame decoding, measured here first, are
+framethink's default now.)
 """
 from __future__ import annotations
 
-import bisect
 from collections import OrderedDict
-from pathlib import Path
 
-import av
-import numpy as np
 import torch
 from transformers import PreTrainedModel
 from transformers.vision_utils import get_vision_window_index
@@ -81,31 +74,3 @@ def convert(adapter: QwenVLAdapter, cls: type[QwenVLAdapter]) -> QwenVLAdapter:
         out._towers, out.tower_cache_size = OrderedDict(), TOWER_CACHE_SIZE
     return out
 
-
-def decode_by_keyframes(path: str | Path, indices: np.ndarray) -> np.ndarray:
-    """Frames at `indices` [T] of a video -> [T, H, W, 3] uint8, decoding only from the keyframe before each
-    wanted frame: a packet scan (no decoding) lists the keyframes, and decoding jumps to the keyframe before the
-    next wanted frame whenever that keyframe lies past the current position (what decord does). framethink's
-    `sample_frames` decodes every frame up to the last wanted one, which costs the whole clip on long videos."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps, base, origin = float(stream.average_rate), stream.time_base, stream.start_time or 0
-        keys = sorted((round(float((p.pts - origin) * base) * fps), p.pts)
-                      for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
-    key_index = [k for k, _ in keys]
-    kept: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        position, frames = -1, None  # index of the last decoded frame
-        for target in sorted(set(indices.tolist())):
-            key, pts = keys[bisect.bisect_right(key_index, target) - 1]
-            if key > position:  # jumping to the keyframe beats decoding up to it
-                container.seek(pts, stream=stream)
-                frames = container.decode(stream)
-            for frame in frames:
-                position = round(float((frame.pts - origin) * base) * fps)
-                if position == target:
-                    kept[target] = frame.to_ndarray(format="rgb24")
-                    break
-    return np.stack([kept[i] for i in indices.tolist()])

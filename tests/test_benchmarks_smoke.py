@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
-from benchmarks.common import FramethinkRun, PerRowAdapter, rl_config, write_clip, write_video_records
-from benchmarks.prototypes import FrozenTowerAdapter, convert, decode_by_keyframes
+from benchmarks.common import FramethinkRun, PerRowAdapter, rl_config, write_video_records
+from benchmarks.prototypes import FrozenTowerAdapter, convert
 from fixtures_models import SMALL_SIZES
-from framethink.data.video import sample_frames
 from framethink.models.adapter import Decoding
 
 TINY_GPU_SIZES = {  # bench_gpu's layout, at SMALL_SIZES
@@ -53,7 +51,7 @@ def test_decode_benchmark_matches_decord(tmp_path: Path) -> None:
     result = bench_decode.run(tmp_path, clips=((3, 64),), frame_counts=(4,), repeats=1)
     (row,) = result["rows"]
     assert row["frames"] == 4
-    assert row["max_pixel_difference"] == {"decord": 0, "keyframe_seek_prototype": 0}
+    assert row["max_pixel_difference"] == {"decord": 0}
 
 
 def test_memory_benchmark_measures_one_step(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
@@ -114,9 +112,3 @@ def test_prototype_and_per_row_adapters_give_framethinks_numbers(tmp_path: Path,
     lp, t = max(p.inputs["input_ids"].shape[1] for p in prompts), done.tokens.shape[1]
     assert shapes == [(6, lp + t), (3, lp), (6, t - 1)]  # per row: whole rows; framethink: 3 prompts, then tokens
 
-
-def test_keyframe_decoding_matches_sample_frames(tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "clip.mp4", width=64, height=48, seconds=4, fps=12, gop=6)
-    expected = sample_frames(clip, rule="uniform", num_frames=5)  # 48 frames, keyframes every 6
-    np.testing.assert_array_equal(decode_by_keyframes(clip, expected.indices), expected.frames)
-    assert expected.indices.tolist() == [0, 11, 23, 35, 47]  # decoding jumps past keyframes 6 and 30

@@ -61,7 +61,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
         assert all(set(orders) == {"ordered", "shuffled", "reversed"} for orders in stage.values())
         assert all(0.0 <= v <= 100.0 for orders in stage.values() for v in orders.values())
     table = (out / "report.md").read_text()
-    assert "| color_first | rl |" in table and "RL mean reward" in table
+    assert "| color_first | rl |" in table and "RL stage: mean training reward" in table
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
     assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out

@@ -315,6 +315,7 @@ def test_keyframe_seeking_returns_the_frames_of_a_full_decode(tmp_path, containe
     frames = np.stack([np.roll(texture, i, axis=1) for i in range(60)])  # [60, 32, 32, 3] drifting: no scene cuts
     path = write_video(tmp_path / f"clip.{container}", frames, 10, container=container, gop=4)
     with av.open(str(path)) as video:
+        rate = float(video.streams.video[0].average_rate or video.streams.video[0].guessed_rate)  # raw: 25 guessed
         keyframes = sum(p.is_keyframe for p in video.demux(video=0) if p.size)
     with av.open(str(path)) as video:
         full = np.stack([f.to_ndarray(format="rgb24") for f in video.decode(video=0)])  # [60, 32, 32, 3]
@@ -322,6 +323,6 @@ def test_keyframe_seeking_returns_the_frames_of_a_full_decode(tmp_path, containe
     got = sample_frames(path, rule="uniform", num_frames=5)  # 0, 14, 29, 44, 59: jumps from keyframe to keyframe
     assert got.indices.tolist() == [0, 14, 29, 44, 59]
     np.testing.assert_array_equal(got.frames, full[got.indices])
-    bounded = sample_frames(path, rule="uniform", num_frames=4, start=2.15, end=4.0)  # frames 22 .. 40
+    bounded = sample_frames(path, rule="uniform", num_frames=4, start=21.5 / rate, end=40.5 / rate)  # frames 22..40
     assert bounded.indices.tolist() == [22, 28, 34, 40]
     np.testing.assert_array_equal(bounded.frames, full[bounded.indices])

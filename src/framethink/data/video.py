@@ -81,7 +81,8 @@ def sample_frames(
     `start`/`end` (seconds, MVBench bounds) restrict sampling to frames ceil(start*fps) .. floor(end*fps), as
     qwen-vl-utils' `calculate_video_frame_range`; an end past the clip is cut at the last frame, as both
     qwen-vl-utils and MVBench do; a start outside the clip or an end not after the start raise.
-    Bounded sampling seeks to the start and locates frames by timestamp; otherwise frames are counted in order.
+    Decoding jumps from keyframe to keyframe and locates frames by timestamp (`_decode`); the pixels are those
+    of a full sequential decode.
     """
     if rule not in SAMPLING_RULES:
         raise ConfigError(f"unknown frame sampling rule {rule!r}; expected one of {SAMPLING_RULES}")
