@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import framethink
+import framethink.engine as engine
 import framethink.rl.trainer as rl_trainer
 import framethink.sft.trainer as sft_trainer
 from framethink.config import RewardSpec, load_config, save_config, to_dict
@@ -23,8 +24,7 @@ def no_model(monkeypatch):
     def load(*args, **kwargs):
         pytest.fail("a model was loaded")
 
-    monkeypatch.setattr(rl_trainer, "build_adapter", load)
-    monkeypatch.setattr(sft_trainer, "build_adapter", load)
+    monkeypatch.setattr(engine, "build_adapter", load)
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

@@ -25,7 +25,7 @@ from framethink.data.synth import (
 from framethink.data.video import permute_frames, sample_frames
 from framethink.errors import ConfigError
 
-FIELDS = {"problem_id", "problem", "data_type", "problem_type", "options", "solution", "path", "data_source"}
+FIELDS = {"problem_id", "problem", "data_type", "problem_type", "options", "solution", "path", "data_source", "process"}
 PALETTE = np.array(list(COLORS.values()), dtype=float)  # [6, 3]
 
 
