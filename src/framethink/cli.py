@@ -49,6 +49,8 @@ def _eval_run(args: argparse.Namespace) -> int:
     from framethink.eval.benchmarks import load_benchmarks
     from framethink.eval.report import render_markdown
     from framethink.eval.runner import RunSettings, eval_decoding, evaluate, template_for
+    import torch
+
     from framethink.models import load_adapter
 
     specs = [spec.strip() for spec in args.bench.split(",") if spec.strip()]
@@ -56,6 +58,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     recipe = load_config(args.recipe).eval if args.recipe else EvalConfig()
     decoding = eval_decoding(recipe, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     adapter = load_adapter(args.model, num_frames=args.frames, max_pixels=args.max_pixels)
+    torch.manual_seed(args.seed)  # sampled decoding (temperature > 0) is reproducible by seed
     settings = RunSettings(model=str(args.model.resolve()), frames=args.frames, max_pixels=args.max_pixels,
                            mode=args.mode, template=template_for(args.mode, adapter), frame_order=args.frame_order,
                            decoding=decoding, seed=args.seed)
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=None, help="overrides the recipe (default 0.1; 0 is greedy)")
     run.add_argument("--top-p", type=float, default=None, help="overrides the recipe (default 0.001)")
     run.add_argument("--max-new-tokens", type=int, default=None, help="overrides the recipe (default 1024)")
-    run.add_argument("--seed", type=int, default=0, help="frame-shuffle seed")
+    run.add_argument("--seed", type=int, default=0, help="seed of the frame shuffle and of sampled decoding")
     run.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
     run.set_defaults(func=_eval_run)
     score = evaluation.add_parser("score", help="re-score predictions offline and print the report")
