@@ -1,37 +1,11 @@
-"""Small video files for tests, written with PyAV."""
+"""Small video files for tests (written with framethink's own `write_video`)."""
 from __future__ import annotations
 
-from fractions import Fraction
-from pathlib import Path
-
-import av
 import numpy as np
 
+from framethink.data.video import write_video  # noqa: F401  (re-exported for the tests)
+
 LEVEL_STEP = 4  # grey level per frame index in `index_frames`
-
-
-def write_video(
-    path: Path,
-    frames: np.ndarray,
-    fps: int | Fraction,
-    *,
-    container: str = "mp4",
-    gop: int | None = None,
-) -> Path:
-    """Write [T, H, W, 3] uint8 frames (H, W even) as lossless H.264, a keyframe every `gop` frames.
-    mp4 files put the moov atom first, so cutting one keeps the header and loses frames."""
-    options = {"movflags": "faststart"} if container == "mp4" else {}
-    codec_options = {"qp": "0"} if gop is None else {"qp": "0", "g": str(gop)}
-    with av.open(str(path), "w", format=container, options=options) as out:
-        stream = out.add_stream("libx264", rate=fps, options=codec_options)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def index_frames(num: int, size: int = 32) -> np.ndarray:

@@ -28,7 +28,7 @@ from framethink.models.adapter import Decoding
 from framethink.data.clips import FrameRule
 from framethink.models.registry import load_adapter
 from framethink.models.siglip_frames import preprocess_siglip_frames
-from framethink.models.tinyllava import TINYLLAVA_SYSTEM, TinyLlavaVideoForConditionalGeneration, tinyllava_prompt
+from framethink.models.tinyllava import TINYLLAVA_SYSTEM, TinyLlavaVideoForConditionalGeneration
 from framethink.models.tinyllava_adapter import TinyLlavaAdapter
 from framethink.models.tinyllava_convert import build_tiny_tinyllava, load_tinyllava
 from framethink.models.tiny import build_tiny

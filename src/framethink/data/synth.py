@@ -24,9 +24,9 @@ from pathlib import Path
 from string import ascii_uppercase
 from typing import Callable, NamedTuple
 
-import av
 import numpy as np
 
+from framethink.data.video import write_video
 from framethink.errors import ConfigError
 
 CLIP_FPS = 2
@@ -200,7 +200,7 @@ def write_synthetic_dataset(
         records = []
         for problem_id, item in enumerate(items):
             path = f"./videos/{split}/{problem_id}.mp4"
-            _write_clip(out / path, np.stack([render_scene(scene, size) for scene in item.scenes]))
+            write_video(out / path, np.stack([render_scene(scene, size) for scene in item.scenes]), CLIP_FPS)
             records.append(_record(item, problem_id, path, fixed_options))
         (out / f"{split}.json").write_text(json.dumps(records, indent=2) + "\n")
         counts[split] = Counter(item.task for item in items)
@@ -291,19 +291,6 @@ def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) ->
         "data_source": item.task,
         "process": describe(item, texts),
     }
-
-
-def _write_clip(path: Path, frames: np.ndarray) -> None:
-    """[T, H, W, 3] uint8 -> lossless H.264 mp4 at CLIP_FPS, header first."""
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=CLIP_FPS, options={"qp": "0"})
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def _pick(rng: np.random.Generator, values: list[str] | tuple[str, ...]) -> str:

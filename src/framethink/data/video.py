@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from fractions import Fraction
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,30 @@ def load_image(path: str | Path) -> SampledFrames:
         raise VideoDecodeError(path, f"cannot decode image: {err}") from err
     frames = np.array(rgb, dtype=np.uint8)[None]  # [1, H, W, 3], writable
     return SampledFrames(frames=frames, fps=0.0, timestamps=np.zeros(1), indices=np.zeros(1, dtype=np.int64))
+
+
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int | Fraction,
+    *,
+    container: str = "mp4",
+    gop: int | None = None,
+) -> Path:
+    """Write [T, H, W, 3] uint8 frames (H, W even) as lossless H.264, a keyframe every `gop` frames.
+    mp4 files put the moov atom first, so cutting one keeps the header and loses frames."""
+    options = {"movflags": "faststart"} if container == "mp4" else {}
+    codec_options = {"qp": "0"} if gop is None else {"qp": "0", "g": str(gop)}
+    with av.open(str(path), "w", format=container, options=options) as out:
+        stream = out.add_stream("libx264", rate=fps, options=codec_options)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
 
 
 def verify_media(path: str | Path, kind: str) -> None:

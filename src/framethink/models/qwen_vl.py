@@ -23,11 +23,12 @@ from framethink.data.prompts import build_messages
 from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.models.adapter import Decoding, EncodedPrompt
+from framethink.models.common import AdapterCommon
 from framethink.models.loader import load_qwen_vl
 from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
 from framethink.models.sampling import (
-    Completions, completion_logprobs_from_logits, decode_completions, sample_completions, token_logprobs,
+    Completions, completion_logprobs_from_logits, sample_completions, token_logprobs,
 )
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
@@ -43,7 +44,7 @@ class PackedRows:
     prompt_length: int  # Lp: columns before the first completion token
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(AdapterCommon):
     """Qwen2-VL / Qwen2.5-VL behind the `PolicyAdapter` interface."""
 
     default_template = "video-r1-eval"
@@ -275,16 +276,6 @@ class QwenVLAdapter:
             suppress_ids=self.suppress_ids, generator=generator,
         )
 
-    @property
-    def frames(self) -> FrameRule:
-        return self.clips.rule
-
-    def decode(self, completions: Completions) -> list[str]:
-        return decode_completions(self.tokenizer, completions, self.eos_ids)
-
-    def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
-        """One completion per prompt from one batched call (the evaluation path)."""
-        return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
 
 
 def load_qwen_vl_adapter(

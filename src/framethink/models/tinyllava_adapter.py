@@ -24,8 +24,9 @@ from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.errors import ConfigError
 from framethink.models.adapter import Decoding, EncodedPrompt
+from framethink.models.common import AdapterCommon
 from framethink.models.sampling import (
-    Completions, completion_logprobs_from_logits, decode_completions, sample_completions,
+    Completions, completion_logprobs_from_logits, sample_completions,
 )
 from framethink.models.siglip_frames import preprocess_siglip_frames
 from framethink.models.tinyllava import (
@@ -40,7 +41,7 @@ from framethink.models.tinyllava_convert import load_tinyllava
 TINYLLAVA_FRAMES = FrameRule(rule="uniform", num_frames=16)  # SPEC 2.1: exactly 16 uniform frames
 
 
-class TinyLlavaAdapter:
+class TinyLlavaAdapter(AdapterCommon):
     """TinyLLaVA-Video (SigLIP, resampler connector, Qwen2 base LM) behind the `PolicyAdapter` interface."""
 
     default_template = "tinyllava-r1"
@@ -66,10 +67,6 @@ class TinyLlavaAdapter:
         self.eos_ids = [tokenizer.eos_token_id]
         self.end_of_turn_id = tokenizer.eos_token_id
         self.vision_encoder_calls = 0  # counted for the benchmarks
-
-    @property
-    def frames(self) -> FrameRule:
-        return self.clips.rule
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -211,12 +208,6 @@ class TinyLlavaAdapter:
         return sample_completions(step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
                                   generator=generator)
 
-    def decode(self, completions: Completions) -> list[str]:
-        return decode_completions(self.tokenizer, completions, self.eos_ids)
-
-    def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
-        """One completion per prompt from one batched call (the evaluation path)."""
-        return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
 
 
 def load_tinyllava_adapter(
