@@ -6,7 +6,8 @@ from framethink.data.synth import write_synthetic_dataset
 from framethink.eval.benchmarks import load_benchmark
 from framethink.eval.predictions import read_predictions
 from framethink.eval.runner import RunSettings, evaluate, template_for
-from framethink.models.adapter import FRAME_ORDERS, Decoding
+from framethink.data.clips import FRAME_ORDERS
+from framethink.models.adapter import Decoding
 from framethink.data.clips import FrameRule
 from framethink.models.registry import load_adapter
 from framethink.models.tiny import build_tiny

@@ -19,7 +19,7 @@ from framethink.eval.benchmarks import BENCHMARKS
 from framethink.eval.predictions import PREDICTIONS_FILE, Predictions, read_predictions
 from framethink.eval.published import match_published, published_by_key
 from framethink.eval.scoring import BenchmarkScore, score_predictions
-from framethink.models.adapter import FRAME_ORDERS
+from framethink.data.clips import FRAME_ORDERS
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 

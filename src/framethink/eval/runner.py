@@ -22,7 +22,8 @@ from framethink.eval.benchmarks import Benchmark
 from framethink.eval.predictions import PREDICTIONS_FILE, header_line, prediction_line, read_predictions
 from framethink.eval.published import published_by_key
 from framethink.eval.report import build_report, check_same_run, find_predictions, write_report
-from framethink.models.adapter import FRAME_ORDERS, Decoding, PolicyAdapter
+from framethink.data.clips import FRAME_ORDERS
+from framethink.models.adapter import Decoding, PolicyAdapter
 
 MODES = ("reason", "option")
 

@@ -12,7 +12,6 @@ import torch
 
 from framethink.data.records import Record
 
-from framethink.data.clips import FRAME_ORDERS, FrameRule  # noqa: F401  (the orders and rules every adapter takes)
 
 
 @dataclass(frozen=True)

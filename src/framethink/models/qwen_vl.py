@@ -159,9 +159,10 @@ class QwenVLAdapter(AdapterCommon):
             if rows:
                 mask = (types == type_id).unsqueeze(-1).expand_as(embeds)
                 embeds = embeds.masked_scatter(mask, torch.cat(rows).to(embeds.dtype))
+        blocks = {i: self._row_blocks(prompts[i]) for i in set(row_prompt)}  # once per prompt, not per row
         positions = mrope_position_ids(
-            types.cpu(), attention.cpu(), [self._row_blocks(prompts[i])[0] for i in row_prompt],
-            [self._row_blocks(prompts[i])[1] for i in row_prompt], merge_size=self.processor.merge_size,
+            types.cpu(), attention.cpu(), [blocks[i][0] for i in row_prompt], [blocks[i][1] for i in row_prompt],
+            merge_size=self.processor.merge_size,
         ).to(device)  # [3, N, L]
         return PackedRows(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, prompt_length=lp)
 
