@@ -1,7 +1,8 @@
 """The fast paths of the Qwen-VL adapter, each measured against the same adapter with it turned off.
 
 On one T-GRPO batch (video prompts, G ordered + G~ shuffled rows each), with the same sampling seed on both
-sides so that both sample the same tokens:
+sides so that both sample the same tokens. Every comparison but the last runs with frozen-tower reuse off on both
+sides (its repeated calls would otherwise skip the tower on both), so that only the named fast path differs:
   prefix sharing           each prompt through the LM once, KV cache gathered to its rows (framethink), against
                            every row carrying its whole prompt (`PerRowAdapter`): generate, reference forward,
                            policy forward + backward
@@ -12,9 +13,11 @@ sides so that both sample the same tokens:
   frame cache              `encode` of a clip seen before (LRU hit), against decoding it again
   inverse-CDF draw         the sampling draw, against torch.multinomial on the CPU probabilities, for one token of
                            G + G~ rows over a real vocabulary (the tiny model's vocabulary hides this cost)
-  prototype                benchmarks/prototypes.py: the frozen-tower feature reuse (reference forward)
+  frozen-tower reuse       the frozen vision tower's output kept from the rollout, only the merger re-run
+                           (framethink's default), against the whole encoder per forward: reference forward,
+                           policy forward + backward
 
-    .venv/bin/python -m benchmarks.bench_fastpaths
+    .venv/bin/python -m benchmarks.bench_fastpaths [--repeats N]
 """
 from __future__ import annotations
 
@@ -26,10 +29,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
-    CLOCK_NOTE, FramethinkRun, PerRowAdapter, count_vision_calls, limit_threads, print_result, rl_config, stats,
-    timed, write_video_records,
+    CLOCK_NOTE, FramethinkRun, PerRowAdapter, convert, count_vision_calls, limit_threads, print_result, rl_config,
+    stats, timed, write_video_records,
 )
-from benchmarks.prototypes import FrozenTowerAdapter, convert
 from framethink.models.adapter import Decoding
 from framethink.models.qwen_vl import QwenVLAdapter
 from framethink.models.sampling import draw_inverse_cdf
@@ -49,8 +51,9 @@ def compare(fast, slow, *, repeats: int) -> dict:
     return {"fast_cpu_s": fast_s, "slow_cpu_s": slow_s, "gain": slow_s["median"] / fast_s["median"]}
 
 
-def vision_clips(adapter: QwenVLAdapter, fn) -> int:
-    with count_vision_calls(adapter.model) as calls:
+def vision_clips(fn, *models: torch.nn.Module) -> int:
+    """Images or clips the models' vision encoders encoded during `fn()`."""
+    with count_vision_calls(*models) as calls:
         fn()
     return calls[1]
 
@@ -62,7 +65,7 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
     train_file = write_video_records(work / "clips", prompts, num_frames=frames, size=size)
     config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"data.max_frames={frames}",
                        f"data.video_max_pixels={size * size}")
-    run = FramethinkRun.build(config)
+    run = FramethinkRun.build(config)  # the tower frozen (freeze_vision), as in every recipe
     adapter, template = run.adapter, config.data.template
     ordered = [adapter.encode(r, template=template) for r in run.records]
     shuffled = [adapter.encode(r, template=template, frame_order="shuffled", seed=i) for i, r in enumerate(run.records)]
@@ -76,8 +79,9 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
 
     n = prompts * g  # ordered rows
     ordered_rows, shuffled_rows, singles = rows[:n], [r - prompts for r in rows[n:]], list(range(len(rows)))
-    tokens = gen(adapter, both, rows)().tokens[:n]  # the ordered rows' completions, for the forwards
-    per_row_lm, frozen = convert(adapter, PerRowAdapter), convert(adapter, FrozenTowerAdapter)
+    plain = convert(adapter, QwenVLAdapter, tower_reuse=False)  # framethink without frozen-tower reuse
+    per_row_lm = convert(adapter, PerRowAdapter, tower_reuse=False)
+    tokens = gen(plain, both, rows)().tokens[:n]  # the ordered rows' completions, for the forwards
 
     def logprobs(a: QwenVLAdapter, ps, rs, *, model=None):
         def fn():
@@ -94,34 +98,39 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
     def encode(a: QwenVLAdapter):
         return lambda: a.encode(run.records[0], template=template)
 
-    frozen_logprobs = logprobs(frozen, ordered, ordered_rows, model=run.ref_model)
-    frozen_logprobs()  # the rollout would have filled the tower cache with these prompts
+    gen(adapter, both, rows)()  # the rollout keeps the frozen tower's output of the step's prompts
     uncached = QwenVLAdapter(adapter.model, adapter.tokenizer, adapter.processor, frames=adapter.frames,
                              frame_cache_size=0)
     probs = torch.rand(g + gs, REAL_VOCAB, generator=torch.Generator().manual_seed(0)).softmax(-1)  # [G+G~, V]
     pairs = {  # name: (fast, slow)
-        "prefix sharing: generate": (gen(adapter, both, rows), gen(per_row_lm, both, rows)),
-        "prefix sharing: reference forward": (logprobs(adapter, ordered, ordered_rows),
+        "prefix sharing: generate": (gen(plain, both, rows), gen(per_row_lm, both, rows)),
+        "prefix sharing: reference forward": (logprobs(plain, ordered, ordered_rows),
                                               logprobs(per_row_lm, ordered, ordered_rows)),
-        "prefix sharing: policy forward + backward": (policy_backward(adapter), policy_backward(per_row_lm)),
+        "prefix sharing: policy forward + backward": (policy_backward(plain), policy_backward(per_row_lm)),
         "vision once per prompt: generate": (gen(per_row_lm, both, rows), gen(per_row_lm, per_row, singles)),
         "vision once per prompt: reference forward": (logprobs(per_row_lm, ordered, ordered_rows),
                                                       logprobs(per_row_lm, per_row[:n], singles[:n])),
         "one batched generate (ordered + shuffled)": (
-            gen(adapter, both, rows),
-            lambda: (gen(adapter, ordered, ordered_rows)(), gen(adapter, shuffled, shuffled_rows)())),
+            gen(plain, both, rows),
+            lambda: (gen(plain, ordered, ordered_rows)(), gen(plain, shuffled, shuffled_rows)())),
         "frame cache: encode": (encode(adapter), encode(uncached)),
         "inverse-CDF draw: one token, 152,064-token vocabulary": (
             lambda: draw_inverse_cdf(probs, torch.Generator().manual_seed(0)),
             lambda: torch.multinomial(probs.cpu(), 1, generator=torch.Generator().manual_seed(0))),
-        "prototype frozen-tower reuse: reference forward": (
-            frozen_logprobs, logprobs(adapter, ordered, ordered_rows, model=run.ref_model)),
+        "frozen-tower reuse: reference forward": (logprobs(adapter, ordered, ordered_rows, model=run.ref_model),
+                                                  logprobs(plain, ordered, ordered_rows, model=run.ref_model)),
+        "frozen-tower reuse: policy forward + backward": (policy_backward(adapter), policy_backward(plain)),
     }
     results = {name: compare(fast, slow, repeats=repeats) for name, (fast, slow) in pairs.items()}
     # float rounding differs between the two LM paths; a token drawn differently would change the work compared
-    same_tokens = torch.equal(gen(adapter, both, rows)().tokens, gen(per_row_lm, both, rows)().tokens)
-    clips = {"generate, shared": vision_clips(per_row_lm, gen(per_row_lm, both, rows)),
-             "generate, per row": vision_clips(per_row_lm, gen(per_row_lm, per_row, singles))}
+    same_tokens = torch.equal(gen(plain, both, rows)().tokens, gen(per_row_lm, both, rows)().tokens)
+    models = (adapter.model, run.ref_model)
+    clips = {"generate, shared": vision_clips(gen(per_row_lm, both, rows), *models),
+             "generate, per row": vision_clips(gen(per_row_lm, per_row, singles), *models),
+             "reference forward, tower reused": vision_clips(
+                 logprobs(adapter, ordered, ordered_rows, model=run.ref_model), *models),
+             "reference forward, no reuse": vision_clips(
+                 logprobs(plain, ordered, ordered_rows, model=run.ref_model), *models)}
     return {"setting": {"prompts": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens, "frames": frames,
                         "frame": f"{size}x{size}", "prompt_tokens": ordered[0].inputs["input_ids"].shape[1],
                         "threads": torch.get_num_threads(), "clock": CLOCK_NOTE},

@@ -1,6 +1,6 @@
 """Shared set-up of the benchmark scripts: threads, timing, synthetic records and clips, recipes, one
-framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed, and the
-adapter with prefix sharing turned off.
+framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed, the adapter
+with prefix sharing turned off, and adapters with frozen-tower reuse turned off.
 
 Every script prints one JSON object (settings, min/median/max seconds, ratios) and a short table; the numbers
 in BENCHMARKS.md are copied from those outputs.
@@ -31,11 +31,10 @@ from framethink.engine import (
     trainable_parameters,
 )
 from framethink.models.adapter import EncodedPrompt
+from framethink.models.common import FrozenTowerCache
 from framethink.models.qwen_vl import QwenVLAdapter
 from framethink.rl.rollout import Rollout, collect_rollout
 from framethink.rl.trainer import policy_update, reference_logprobs
-
-from benchmarks.prototypes import convert
 
 
 def limit_threads(threads: int = 1) -> None:
@@ -121,7 +120,16 @@ def rl_config(model_dir: Path, train_file: Path, *overrides: str) -> TrainConfig
     return load_config(None, [*base, *overrides])
 
 
-# ---------------------------------------------------------------------------- prefix sharing turned off
+# ---------------------------------------------------------------------------- fast paths turned off
+def convert(adapter: QwenVLAdapter, cls: type[QwenVLAdapter], *, tower_reuse: bool = True) -> QwenVLAdapter:
+    """The same adapter (model, tokenizer, processor, frame cache) as an instance of `cls` (the adapter's own class,
+    or `PerRowAdapter`), with a frozen-tower cache of its own: empty, or off unless `tower_reuse`."""
+    out = cls.__new__(cls)
+    out.__dict__.update(adapter.__dict__)
+    out.tower_cache = FrozenTowerCache(adapter.tower_cache.size if tower_reuse else 0)
+    return out
+
+
 class PerRowAdapter(QwenVLAdapter):
     """framethink's adapter with prefix sharing turned off (its path before prefix sharing became the default):
     every row carries its whole prompt through the LM, in the generation prefill and in every log-prob forward.
@@ -170,13 +178,13 @@ class FramethinkRun:
     last_rollout: Rollout | None = None
 
     @classmethod
-    def build(cls, config: TrainConfig, adapter_cls: type | None = None) -> FramethinkRun:
-        """The state `train_rl` starts from; `adapter_cls` swaps in another adapter class (a prototype, or
-        `PerRowAdapter`)."""
+    def build(cls, config: TrainConfig, adapter_cls: type | None = None, *, tower_reuse: bool = True) -> FramethinkRun:
+        """The state `train_rl` starts from; `adapter_cls` swaps in another adapter class (`PerRowAdapter`), and
+        `tower_reuse=False` turns frozen-tower reuse off."""
         seed_everything(config.run.seed)
         state = start_run(config, make_accelerator(config), resume=False)
-        if adapter_cls is not None:
-            state.adapter = convert(state.adapter, adapter_cls)
+        if adapter_cls is not None or not tower_reuse:
+            state.adapter = convert(state.adapter, adapter_cls or type(state.adapter), tower_reuse=tower_reuse)
         records = load_records(config.data.train_file, root=config.data.root)
         return cls(state, records, reference_model(state.adapter, config))
 

@@ -1,8 +1,9 @@
 """Smoke tests of the benchmark scripts: each core function runs on a minimal setting and reports what it counted.
 
 No timing is asserted. The counts are hand-computed from the designs (per step, B prompts, G + G~ rows):
-framethink calls the vision encoder 3 times (rollout, reference, policy), the reference design G + G~ + 2 times.
-The frozen-tower prototype and the adapter with prefix sharing turned off must give framethink's numbers.
+framethink calls the vision encoder once (the rollout; its frozen tower's output serves the reference and policy
+forwards), 3 times with that reuse turned off, the reference design G + G~ + 2 times. The adapters with prefix
+sharing or frozen-tower reuse turned off must give framethink's numbers.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 import torch
 
 from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
-from benchmarks.common import FramethinkRun, PerRowAdapter, rl_config, write_video_records
-from benchmarks.prototypes import FrozenTowerAdapter, convert
+from benchmarks.common import FramethinkRun, PerRowAdapter, convert, rl_config, write_video_records
 from fixtures_models import SMALL_SIZES
 from framethink.models.adapter import Decoding
 
@@ -30,8 +30,8 @@ TINY_GPU_SIZES = {  # bench_gpu's layout, at SMALL_SIZES
 
 def test_trl_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
     result = bench_trl.run(tmp_path, prompts=1, g=2, new_tokens=2, image_size=56, steps=1, warmup=0, sizes=SMALL_SIZES)
-    assert result["framethink"]["vision_calls_per_step"] == 3
-    assert result["framethink"]["clips_encoded_per_step"] == 3  # one image, once per forward
+    assert result["framethink"]["vision_calls_per_step"] == 1
+    assert result["framethink"]["clips_encoded_per_step"] == 1  # one image, in the rollout: the tower is frozen
     assert result["trl"]["vision_calls_per_step"] == 3
     assert result["trl"]["clips_encoded_per_step"] == 6  # one copy of the image per completion
     assert result["framethink"]["mean_completion_length"] <= 2
@@ -40,11 +40,11 @@ def test_trl_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
 def test_reference_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
     result = bench_reference.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, steps=1, warmup=0,
                                  sizes=SMALL_SIZES)
-    ref, ours, proto = result["reference"], result["framethink"], result["framethink+frozen-tower"]
+    ref, ours, no_reuse = result["reference"], result["framethink"], result["framethink, no tower reuse"]
     assert (ref["vision_calls_per_step"], ref["clips_encoded_per_step"]) == (2 + 1 + 2, 2 + 1 + 2 * 2)
-    assert (ours["vision_calls_per_step"], ours["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
-    assert (proto["vision_calls_per_step"], proto["clips_encoded_per_step"]) == (1, 2)
-    assert ref["rows_per_step"] == ours["rows_per_step"] == 3
+    assert (no_reuse["vision_calls_per_step"], no_reuse["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
+    assert (ours["vision_calls_per_step"], ours["clips_encoded_per_step"]) == (1, 2)
+    assert ref["rows_per_step"] == ours["rows_per_step"] == no_reuse["rows_per_step"] == 3
 
 
 def test_decode_benchmark_matches_decord(tmp_path: Path) -> None:
@@ -65,9 +65,10 @@ def test_memory_benchmark_measures_one_step(tmp_path: Path, tiny_qwen25_vl_dir: 
 def test_fastpaths_benchmark_shares_vision(tmp_path: Path) -> None:
     result = bench_fastpaths.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, repeats=1,
                                  sizes=SMALL_SIZES)
-    assert result["clips_encoded"] == {"generate, shared": 2, "generate, per row": 3}
+    assert result["clips_encoded"] == {"generate, shared": 2, "generate, per row": 3,
+                                       "reference forward, tower reused": 0, "reference forward, no reuse": 1}
     assert result["prefix_sharing_samples_the_same_tokens"]
-    assert len(result["results"]) == 9
+    assert len(result["results"]) == 10
 
 
 def test_gpu_benchmark_runs_on_cpu_and_computes_the_bound(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_gpu_benchmark_runs_on_cpu_and_computes_the_bound(tmp_path: Path) -> Non
     assert bench_gpu.card_bandwidth("NVIDIA H200") == 4.8
 
 
-def test_prototype_and_per_row_adapters_give_framethinks_numbers(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
+def test_per_row_and_no_reuse_adapters_give_framethinks_numbers(tmp_path: Path, tiny_qwen25_vl_dir: Path) -> None:
     train_file = write_video_records(tmp_path / "clips", 2, num_frames=4, size=56)
     run = FramethinkRun.build(rl_config(tiny_qwen25_vl_dir, train_file))
     adapter, template = run.adapter, run.config.data.template
@@ -96,13 +97,15 @@ def test_prototype_and_per_row_adapters_give_framethinks_numbers(tmp_path: Path,
     rows = [0, 0, 1, 1, 1, 2]
     done = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
     expected = adapter.completion_logprobs(prompts, rows, done.tokens)
-    for cls in (PerRowAdapter, FrozenTowerAdapter):
-        other = convert(adapter, cls)
+    assert adapter.vision_encoder_calls == 1  # the tower is frozen: the log-probs reused the rollout's output
+    for other in (convert(adapter, PerRowAdapter), convert(adapter, type(adapter), tower_reuse=False)):
         again = other.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
         assert torch.equal(again.tokens, done.tokens)
-        for _ in range(2):  # the second call reuses the frozen tower's output
+        for _ in range(2):
             torch.testing.assert_close(other.completion_logprobs(prompts, rows, done.tokens), expected,
                                        rtol=1e-5, atol=1e-5)
+        # the count goes on from the adapter's 1: its generate, then the two log-prob forwards unless reused
+        assert other.vision_encoder_calls == 1 + (1 if other.tower_cache.size else 3)
     shapes: list[tuple[int, int]] = []  # (rows, columns) of each language-model forward
     hook = adapter.model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)

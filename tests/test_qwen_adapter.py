@@ -164,7 +164,9 @@ def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
 ):
     """Generation, old, reference and policy forwards (T-GRPO, beta > 0, 2 inner updates) each run their prompts
     once, right after their own model's vision encoder saw the video pixels, with [3, P, Lp] M-RoPE positions;
-    the completion tokens and the decoding steps continue each row from its prompt's largest position + 1."""
+    the completion tokens and the decoding steps continue each row from its prompt's largest position + 1.
+    The tower trains here, so every forward encodes (with it frozen the later forwards reuse the rollout's tower
+    output: tests/test_frozen_tower.py)."""
     events: list[tuple] = []
     vision_class, text_class = qwen25.Qwen2_5_VisionTransformerPretrainedModel, qwen25.Qwen2_5_VLTextModel
     visual_forward, lm_forward = vision_class.forward, text_class.forward
@@ -179,7 +181,8 @@ def test_every_forward_of_a_training_step_gets_the_video_and_its_positions(
 
     monkeypatch.setattr(vision_class, "forward", visual)
     monkeypatch.setattr(text_class, "forward", language)
-    train_rl(recipe("rl.algorithm=tgrpo", "rl.num_iterations=2", "rl.beta=0.04"), quiet=True)
+    train_rl(recipe("rl.algorithm=tgrpo", "rl.num_iterations=2", "rl.beta=0.04", "model.freeze_vision=false"),
+             quiet=True)
 
     reference = load_qwen_vl_adapter(tiny_qwen25_vl_dir)
     encoded = [reference.encode(r, template=TEMPLATE) for r in synth_records]

@@ -4,7 +4,8 @@ Three things the reference trainers get wrong are done here, once, for every cal
 - each prompt runs once per forward, whatever its number of rows (completions): the vision encoder runs once
   over the batch's prompts, the LM runs each distinct prompt once (prefix sharing) and its KV cache is
   gathered to the prompt's rows, and only the completion tokens run per row, in generation and in every
-  log-prob forward;
+  log-prob forward; while the vision tower is frozen it runs once per prompt per step, for the policy and the
+  reference model alike, and only the merger runs again in each forward (`framethink.models.common`);
 - every forward gets 3-D M-RoPE positions computed from the grids and the fps-derived `second_per_grid_ts`
   (transformers v5 silently falls back to 1-D positions without them, ENVIRONMENT.md); completion tokens
   continue from their prompt's largest position + 1;
@@ -13,17 +14,19 @@ Three things the reference trainers get wrong are done here, once, for every cal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.vision_utils import get_vision_window_index
 
 from framethink.data.clips import ClipReader, FrameRule, check_frame_order
 from framethink.data.prompts import build_messages
 from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.models.adapter import Decoding, EncodedPrompt
-from framethink.models.common import AdapterCommon
+from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
 from framethink.models.loader import load_qwen_vl
 from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
@@ -58,8 +61,11 @@ class QwenVLAdapter(AdapterCommon):
         frames: FrameRule = FrameRule(),
         system: str | None = None,
         frame_cache_size: int = 256,
+        tower_cache_size: int = TOWER_CACHE_SIZE,
         name: str = "",
     ) -> None:
+        """`tower_cache_size`: prompts whose frozen vision-tower output is kept across the forwards of a step
+        (`framethink.models.common`); 0 turns that reuse off."""
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.system, self.name = system, name
         self.clips = ClipReader(frames, frame_cache_size)
@@ -68,7 +74,8 @@ class QwenVLAdapter(AdapterCommon):
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i is not None]
         self.tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", 1)
-        self.vision_encoder_calls = 0  # counted for the benchmarks
+        self.vision_encoder_calls = 0  # calls of the whole encoder (tower + merger), counted for the benchmarks
+        self.tower_cache = FrozenTowerCache(tower_cache_size)
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self, model: PreTrainedModel | None = None) -> dict[str, list[torch.nn.Parameter]]:
@@ -105,24 +112,53 @@ class QwenVLAdapter(AdapterCommon):
         return EncodedPrompt(record=record, inputs=inputs, frame_order=frame_order, meta=meta)
 
     # ------------------------------------------------------------------ forward
+    def _tower_weights(self, model: PreTrainedModel) -> list[torch.Tensor]:
+        """Parameters and buffers of the vision tower without the merger: what the tower's output depends on."""
+        visual = model.model.visual
+        merger = {id(t) for t in chain(visual.merger.parameters(), visual.merger.buffers())}
+        return [t for t in chain(visual.parameters(), visual.buffers()) if id(t) not in merger]
+
     def _vision_features(self, model: PreTrainedModel, prompts: list[EncodedPrompt], kind: str) -> list[torch.Tensor]:
-        """Merged visual tokens per prompt ([n_tokens, D] each, empty for prompts without `kind`),
-        from ONE vision-encoder call over all prompts of the batch."""
+        """Merged visual tokens per prompt ([n_tokens, D] each, empty for prompts without `kind`), from ONE
+        vision-encoder call over the batch's prompts, or only the merger where the frozen tower's output is kept
+        (`AdapterCommon._encode_reusing_tower`)."""
         pixels_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
         having = [i for i, p in enumerate(prompts) if pixels_key in p.inputs]
         features: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         if not having:
             return features
         visual = model.model.visual
-        pixels = torch.cat([prompts[i].inputs[pixels_key] for i in having]).to(visual.device, visual.dtype)  # [P, C*Tp*P*P]
-        grids = torch.cat([prompts[i].inputs[grid_key] for i in having]).to(visual.device)  # [n, 3]
-        self.vision_encoder_calls += 1
-        out = visual(pixels, grid_thw=grids)
-        merged = out.pooler_output if hasattr(out, "pooler_output") else out  # [n_tokens_total, D]
-        sizes = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
-        for i, chunk in zip(having, torch.split(merged, sizes)):
-            features[i] = chunk
+        unit = visual.spatial_merge_size**2
+
+        def encode(chosen: list[int], keep: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            pixels = torch.cat([prompts[having[k]].inputs[pixels_key] for k in chosen]).to(visual.device, visual.dtype)
+            grids = torch.cat([prompts[having[k]].inputs[grid_key] for k in chosen]).to(visual.device)  # [n, 3]
+            out = visual(pixels, grid_thw=grids)
+            merged = list(torch.split(out.pooler_output, (grids.prod(-1) // unit).tolist()))  # [n_tokens, D] each
+            if not keep:
+                return merged, []
+            towers = torch.split(out.last_hidden_state, grids.prod(-1).tolist())  # [patches, C] each
+            return merged, [self._merge_order(visual, tower, grid) for tower, grid in zip(towers, grids)]
+
+        def connect(towers: list[torch.Tensor]) -> list[torch.Tensor]:
+            return list(torch.split(visual.merger(torch.cat(towers)), [len(t) // unit for t in towers]))
+
+        pixels = [prompts[i].inputs[pixels_key] for i in having]
+        for i, feature in zip(having, self._encode_reusing_tower(model, pixels, encode, connect)):
+            features[i] = feature
         return features
+
+    @staticmethod
+    def _merge_order(visual: torch.nn.Module, tower: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """One medium's tower output [patches, C] with its merge groups in sequence order, so that
+        `visual.merger(tower)` gives its visual tokens in order: Qwen2.5-VL's tower returns them in window order
+        (its forward reverses that after the merger); Qwen2-VL's has no windows."""
+        if getattr(visual, "window_size", None) is None:
+            return tower
+        window, _ = get_vision_window_index(grid[None].cpu(), spatial_merge_size=visual.spatial_merge_size,
+                                            window_size=visual.window_size, patch_size=visual.patch_size)
+        groups = tower.unflatten(0, (len(window), -1))  # [n_tokens, merge_size**2, C]
+        return groups[torch.argsort(window).to(tower.device)].flatten(0, 1)  # [patches, C]
 
     def pack(
         self,

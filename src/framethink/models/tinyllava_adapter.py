@@ -4,7 +4,9 @@ A prompt is the `qwen2_base` text "{system}USER: <image>\\n{question} ASSISTANT:
 (-200) where the video goes. Frames come from the uniform rule (16 by default), resized square to the SigLIP
 image size and normalised, without torchvision. The adapter builds every row's embeddings itself:
   - the vision tower and connector run once per prompt batch (one call per distinct frame count, one in
-    practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt;
+    practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt; while
+    the tower is frozen (the recipe) it runs once per prompt per step, for the policy and the reference model
+    alike, and only the connector runs again in each forward (`framethink.models.common`);
   - rows are left-padded `[pad, text before, video, text after, completion]`; the model's forward numbers
     positions by the attended tokens, so the prefill, every cached step and the full forward agree.
 An image is a one-frame clip; a text-only record has no placeholder and no video. The frame count need not
@@ -24,7 +26,7 @@ from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.errors import ConfigError
 from framethink.models.adapter import Decoding, EncodedPrompt
-from framethink.models.common import AdapterCommon
+from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
 from framethink.models.sampling import (
     Completions, completion_logprobs_from_logits, sample_completions,
 )
@@ -54,8 +56,11 @@ class TinyLlavaAdapter(AdapterCommon):
         frames: FrameRule = TINYLLAVA_FRAMES,
         system: str | None = None,
         frame_cache_size: int = 256,
+        tower_cache_size: int = TOWER_CACHE_SIZE,
         name: str = "",
     ) -> None:
+        """`tower_cache_size`: prompts whose frozen SigLIP output is kept across the forwards of a step
+        (`framethink.models.common`); 0 turns that reuse off."""
         if system is not None and system != TINYLLAVA_SYSTEM:
             raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got {system!r}")
         self.model, self.tokenizer, self.name = model, tokenizer, name
@@ -66,7 +71,8 @@ class TinyLlavaAdapter(AdapterCommon):
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = [tokenizer.eos_token_id]
         self.end_of_turn_id = tokenizer.eos_token_id
-        self.vision_encoder_calls = 0  # counted for the benchmarks
+        self.vision_encoder_calls = 0  # calls of the whole encoder (tower + connector), counted for the benchmarks
+        self.tower_cache = FrozenTowerCache(tower_cache_size)
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -108,21 +114,43 @@ class TinyLlavaAdapter(AdapterCommon):
         return EncodedPrompt(record=record, inputs=inputs, frame_order=frame_order, meta=meta)
 
     # ------------------------------------------------------------------ forward
+    def _tower_weights(self, model: TinyLlavaVideoForConditionalGeneration) -> list[torch.Tensor]:
+        """Parameters and buffers of the SigLIP tower: what the tower's output depends on."""
+        return [*model.vision_tower.parameters(), *model.vision_tower.buffers()]
+
     def _video_features(self, model: TinyLlavaVideoForConditionalGeneration,
                         prompts: list[EncodedPrompt]) -> list[torch.Tensor | None]:
         """Connector embeddings [num_queries, D] per prompt (None without video): prompts with the same
-        frame count go through the vision tower and connector together, as one [B, T, 3, S, S] batch."""
+        frame count go through the vision tower and connector together, as one [B, T, 3, S, S] batch, or through
+        the connector alone where the frozen tower's output is kept (`AdapterCommon._encode_reusing_tower`)."""
         features: list[torch.Tensor | None] = [None] * len(prompts)
         by_frames: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
             if "pixel_values_videos" in prompt.inputs:
                 by_frames.setdefault(prompt.inputs["pixel_values_videos"].shape[1], []).append(i)
         for having in by_frames.values():
-            pixels = torch.cat([prompts[i].inputs["pixel_values_videos"] for i in having])  # [B, T, 3, S, S]
-            self.vision_encoder_calls += 1
-            for i, video in zip(having, model.get_video_features(pixels.to(model.device))):  # [num_queries, D] each
+            pixels = [prompts[i].inputs["pixel_values_videos"] for i in having]  # [1, T, 3, S, S] each
+            for i, video in zip(having, self._same_length_video_features(model, pixels)):
                 features[i] = video
         return features
+
+    def _same_length_video_features(self, model: TinyLlavaVideoForConditionalGeneration,
+                                    pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Connector embeddings [num_queries, D] of videos with one frame count ([1, T, 3, S, S] each)."""
+
+        def encode(chosen: list[int], keep: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            inputs: list[torch.Tensor] = []  # the connector's input [B, T*P, D_vision]: the tower's output
+            hook = model.connector.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+            try:
+                videos = model.get_video_features(torch.cat([pixels[k] for k in chosen]).to(model.device))
+            finally:
+                hook.remove()
+            return list(videos), list(inputs[0]) if keep else []  # [num_queries, D], [T*P, D_vision] each
+
+        def connect(towers: list[torch.Tensor]) -> list[torch.Tensor]:
+            return list(model.connector(torch.stack(towers)))  # [num_queries, D] each
+
+        return self._encode_reusing_tower(model, pixels, encode, connect)
 
     def _rows(
         self,
