@@ -4,9 +4,10 @@ Clips are H.264 at 24 fps with a keyframe every 2 s (a moving gradient plus nois
 work): 10 s at 64x64 and 224x224, and 60 s at 224x224 (LLaVA-Video's 30-60 s clips). Each timing goes from the
 file path to a [T, H, W, 3] uint8 array: framethink's `sample_frames(rule="uniform", num_frames=T)` (probe,
 a packet scan that lists the keyframes, then decoding that jumps to the keyframe before a wanted frame when that
-keyframe lies ahead, converting only the wanted frames), and decord's `VideoReader(path)` + `get_batch(indices)`
-on the indices framethink chose.
-Both use their library's default decoding threads. The outputs are compared pixel by pixel.
+keyframe lies ahead, converting only the wanted frames with one colour converter), and decord's
+`VideoReader(path)` + `get_batch(indices)` on the indices framethink chose.
+decord uses its default decoding threads (frame threads, FFmpeg's automatic count); framethink uses them from 128x128
+up and none below (`FRAME_THREADS_MIN_PIXELS`). The outputs are compared pixel by pixel.
 
     .venv/bin/python -m benchmarks.bench_decode
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import limit_threads, print_result, stats, timed, write_clip
-from framethink.data.video import sample_frames
+from framethink.data.video import FRAME_THREADS_MIN_PIXELS, sample_frames
 
 CLIP_FPS, GOP = 24, 48
 CLIPS = ((10, 64), (10, 224), (60, 224))  # (seconds, size)
@@ -40,8 +41,10 @@ def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts:
             ours = sample_frames(clip, rule="uniform", num_frames=count)
             order = ours.indices.tolist()
             decoders = {
-                "framethink": lambda: sample_frames(clip, rule="uniform", num_frames=count).frames,
-                "decord": lambda: decord.VideoReader(str(clip), ctx=decord.cpu(0)).get_batch(order).asnumpy(),
+                "framethink": lambda clip=clip, count=count: (
+                    sample_frames(clip, rule="uniform", num_frames=count).frames),
+                "decord": lambda clip=clip, order=order: (
+                    decord.VideoReader(str(clip), ctx=decord.cpu(0)).get_batch(order).asnumpy()),
             }
             outputs = {name: decode() for name, decode in decoders.items()}  # also the warm-up
             clocked = {name: [] for name in decoders}
@@ -59,7 +62,9 @@ def run(work: Path, *, clips: tuple[tuple[int, int], ...] = CLIPS, frame_counts:
                                          for name, out in outputs.items() if name != "framethink"},
             })
     return {"setting": {"clips": f"H.264 yuv420p at {CLIP_FPS} fps, keyframe every {GOP} frames",
-                        "repeats": repeats, "torch_threads": 1, "decoding_threads": "each library's default",
+                        "repeats": repeats, "torch_threads": 1,
+                        "decoding_threads": "decord: its default (frame threads); framethink: frame threads from "
+                                            f"{FRAME_THREADS_MIN_PIXELS} pixels a frame, none below",
                         "cores": len(os.sched_getaffinity(0))},
             "rows": rows}
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import itertools
+import math
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
+from helpers_video import decoded_indices, index_frames, write_video
 from PIL import Image
 
 from framethink.data.video import (
+    FRAME_THREADS_MIN_PIXELS,
     SampledFrames,
     load_image,
     permute_frames,
@@ -19,7 +22,6 @@ from framethink.data.video import (
     verify_media,
 )
 from framethink.errors import ConfigError, VideoDecodeError
-from helpers_video import decoded_indices, index_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +198,9 @@ def test_smart_resize_hand_values(height, width, kwargs, expected):
 
 
 def test_smart_resize_matches_transformers():
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+        smart_resize as reference,
+    )
 
     sizes = [1, 7, 13, 27, 28, 29, 55, 56, 100, 333, 480, 720, 1080, 1920, 2800]
     limits = [(4, 16384), (4, 128), (128, 256)]  # (min, max) pixels in 28x28 patches
@@ -326,3 +330,22 @@ def test_keyframe_seeking_returns_the_frames_of_a_full_decode(tmp_path, containe
     bounded = sample_frames(path, rule="uniform", num_frames=4, start=21.5 / rate, end=40.5 / rate)  # frames 22..40
     assert bounded.indices.tolist() == [22, 28, 34, 40]
     np.testing.assert_array_equal(bounded.frames, full[bounded.indices])
+
+
+@pytest.mark.parametrize("frame_threads", [False, True])
+def test_dense_and_seeking_decodes_return_the_frames_of_a_full_decode(tmp_path, frame_threads):
+    """Every frame (decoded forward, no seek) and a sparse sample (seeking) against PyAV's own per-frame conversion,
+    on frames below and at the size where decoding switches to frame threads."""
+    side = 2 * math.ceil(math.isqrt(FRAME_THREADS_MIN_PIXELS) / 2) if frame_threads else 32  # even sides
+    texture = np.random.default_rng(3).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(texture, 3 * i, axis=0) for i in range(30)])  # [30, side, side, 3]
+    path = write_video(tmp_path / "clip.mp4", frames, 10, gop=6)
+    with av.open(str(path)) as video:
+        assert (video.streams.video[0].width ** 2 >= FRAME_THREADS_MIN_PIXELS) == frame_threads
+        full = np.stack([f.to_ndarray(format="rgb24") for f in video.decode(video=0)])  # [30, side, side, 3]
+    dense = sample_frames(path, rule="uniform", num_frames=30)
+    assert dense.indices.tolist() == list(range(30))
+    np.testing.assert_array_equal(dense.frames, full)
+    sparse = sample_frames(path, rule="uniform", num_frames=4)  # 0, 9, 19, 29: a seek to keyframes 6, 18 and 24
+    assert sparse.indices.tolist() == [0, 9, 19, 29]
+    np.testing.assert_array_equal(sparse.frames, full[[0, 9, 19, 29]])

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import bisect
 import math
-from fractions import Fraction
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from framethink.errors import ConfigError, VideoDecodeError
@@ -21,6 +22,11 @@ from framethink.errors import ConfigError, VideoDecodeError
 FRAME_FACTOR = 2  # Qwen-VL frame counts are even: temporal_patch_size is 2
 MAX_RATIO = 200  # Qwen-VL refuses images more elongated than this
 SAMPLING_RULES = ("qwen", "uniform")
+# Frame threads (FFmpeg's automatic count, from the cores this process may use) hand every frame from thread to
+# thread, ~20-30 us a frame. On 2 cores, for a 64x64 or 96x96 H.264 stream that is 40 % more CPU than decoding
+# alone and slower even at best; from 128x128 up the threads win whenever a core is free. Smaller frames decode on
+# the calling thread.
+FRAME_THREADS_MIN_PIXELS = 128 * 128
 
 
 @dataclass
@@ -287,27 +293,34 @@ def _decode(path: Path, indices: np.ndarray, total: int) -> np.ndarray:
     timed = len(set(order)) == len(stamps)
     rank = {pts: i for i, pts in enumerate(order)} if timed else {}
     keys = sorted(rank[pts] for pts, key in stamps if key) if timed else []
+    # One colour converter, on the calling thread, for all frames: a frame's own `to_ndarray(format=...)` builds a
+    # fresh swscale context with its own thread pool for every frame, ~0.8 ms a frame at 64x64 (~1.5 ms at
+    # 224x224), twenty times the cost of decoding a 64x64 frame. The pixels are the same.
+    reformatter = VideoReformatter()
     with _decode_errors(path), av.open(str(path)) as container:
         stream = container.streams.video[0]
-        # frame + slice threads, as many as the cores this process may use (one core: none). Measured against
-        # slice-only and no threading on 1 and 2 cores: none was faster beyond noise (BENCHMARKS.md, figure (c))
-        stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO" if stream.width * stream.height >= FRAME_THREADS_MIN_PIXELS else "NONE"
         frames = container.decode(stream)
         position = -1  # index of the last decoded frame
-        for target in wanted:
-            at = bisect.bisect_right(keys, target)
-            if at and keys[at - 1] > position + 1:  # the keyframe before `target` lies ahead: skip to it
-                container.seek(order[keys[at - 1]], stream=stream)
-                frames = container.decode(stream)
-            for frame in frames:
-                if timed and frame.pts not in rank:
-                    raise VideoDecodeError(path, f"a decoded frame has timestamp {frame.pts}, which no packet carries")
-                position = rank[frame.pts] if timed else position + 1
-                if position >= target:
+        try:
+            for target in wanted:
+                at = bisect.bisect_right(keys, target)
+                if at and keys[at - 1] > position + 1:  # the keyframe before `target` lies ahead: skip to it
+                    container.seek(order[keys[at - 1]], stream=stream)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    if timed and frame.pts not in rank:
+                        raise VideoDecodeError(
+                            path, f"a decoded frame has timestamp {frame.pts}, which no packet carries"
+                        )
+                    position = rank[frame.pts] if timed else position + 1
+                    if position >= target:
+                        break
+                if position != target:
                     break
-            if position != target:
-                break
-            kept[target] = frame.to_ndarray(format="rgb24")
+                kept[target] = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        except av.FFmpegError as err:  # a damaged packet: the threadless decoder reports it, frame threads drop it
+            raise VideoDecodeError(path, f"frame {target} of {total} could not be decoded: {err}") from err
     missing = sorted(set(wanted) - kept.keys())
     if missing:
         raise VideoDecodeError(
