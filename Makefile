@@ -18,6 +18,9 @@ PY ?= python3
 	.venv-test/bin/pip install -q --upgrade pip
 	.venv-test/bin/pip install -q -c constraints.txt torch
 	.venv-test/bin/pip install -q -c constraints.txt -e ".[test]" "torchvision==0.28.0"
+	# DeepSpeed builds from source against the installed torch (its setup imports torch), so no build isolation.
+	.venv-test/bin/pip install -q -c constraints.txt setuptools wheel
+	.venv-test/bin/pip install -q -c constraints.txt --no-build-isolation "deepspeed>=0.16,<1"
 	site=$$(.venv-test/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
 	  cp tests/support/torchvision_cpu_shim.py "$$site"/ && \
 	  echo "import torchvision_cpu_shim" > "$$site"/torchvision_cpu_shim.pth

@@ -6,10 +6,20 @@ parameter are averaged over processes (one flat all-reduce), then every process 
 so all ranks hold identical weights. This is DDP's arithmetic without DDP's wrapper, which would not see
 the vision features computed outside the wrapped forward. Processes come from `torchrun` (gloo on CPU,
 nccl on GPU); accelerate provides the device, the process group and mixed precision.
+
+DeepSpeed ZeRO-2/3: when accelerate is configured for DeepSpeed (`accelerate launch --config_file
+configs/accelerate/zero2.yaml`, or its environment variables under torchrun), the model and optimiser go
+through `accelerator.prepare` and the DeepSpeed engine partitions gradients and optimiser state (ZeRO-2) and
+the parameters too (ZeRO-3). ZeRO-3 gathers each module's parameters in hooks on every submodule, so the
+adapter's direct calls (embeddings, vision tower) work unchanged. The engine then owns the gradient
+reduction, clipping, the optimiser step and its checkpoint shards; framethink keeps the schedule, the data
+order, the RNG and the atomic checkpoint directory.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -24,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from framethink.config import ModelConfig, OptimConfig, TrainConfig, save_config
 from framethink.errors import ConfigError
@@ -31,11 +42,109 @@ from framethink.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def deepspeed_requested() -> bool:
+    """accelerate's switch for DeepSpeed (set by `accelerate launch` from a DeepSpeed config)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """One process per `torchrun` worker; bf16 autocast only where a GPU runs it."""
-    cpu = not torch.cuda.is_available()
-    precision = "bf16" if config.model.dtype == "bfloat16" and not cpu else "no"
-    return Accelerator(cpu=cpu, mixed_precision=precision)
+    """One process per `torchrun` / `accelerate launch` worker; bf16 autocast only where a GPU runs it.
+    DeepSpeed also runs on CPU processes (gloo), so a DeepSpeed run does not ask accelerate for `cpu`."""
+    gpu = torch.cuda.is_available()
+    precision = "bf16" if config.model.dtype == "bfloat16" and gpu else "no"
+    if deepspeed_requested():
+        if not importlib.util.find_spec("deepspeed"):
+            raise ConfigError("accelerate is configured for DeepSpeed but deepspeed is not installed "
+                              "(pip install 'framethink[deepspeed]')")
+        return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.optim.grad_accum)
+    return Accelerator(cpu=not gpu, mixed_precision=precision)
+
+
+def deepspeed_stage(accelerator: Accelerator) -> int:
+    """The ZeRO stage accelerate runs (0 when it does not run DeepSpeed)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def prepare_deepspeed(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      config: TrainConfig) -> tuple[Any, torch.optim.Optimizer]:
+    """Wrap `model` and `optimizer` in a DeepSpeed engine from accelerate's DeepSpeed config; returns the engine
+    and the optimiser to schedule (accelerate's view of the partitioned optimiser's parameter groups).
+
+    The values the config may leave to "auto" come from the recipe: framethink batches by prompts, not by a
+    dataloader, so a micro-batch counts as 1; gradient accumulation and clipping are the recipe's. The
+    schedule stays framethink's LambdaLR, built on the returned optimiser, whose parameter groups are the ones
+    ZeRO steps."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError("the DeepSpeed config must not define 'optimizer' or 'scheduler': the recipe's optim "
+                          "section sets them")
+    ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=config.optim.grad_accum,
+              gradient_clipping=config.optim.grad_clip)
+    ds.pop("train_batch_size", None)
+    _, wrapped = accelerator.prepare(model, optimizer)
+    return accelerator.deepspeed_engine_wrapped.engine, wrapped
+
+
+def check_engine_settings(config: TrainConfig, records: list, accelerator: Accelerator) -> None:
+    """What ZeRO-3 cannot run, refused before any model loads.
+
+    - Records of more than one kind: ZeRO-3 gathers each module's parameters collectively when the module
+      runs, so every process must run the same modules in each forward (the vision tower on every process or
+      on none); a dataset mixing video, image and text-only records breaks that.
+    - `optim.grad_accum` > 1: measured with DeepSpeed 0.19 on CPU processes, ZeRO-3 accumulation over two
+      micro-batches gave other weights than one batch of the same rows, even for a three-layer toy model and
+      DeepSpeed's own loss scaling; ZeRO-2 and the data-parallel engine give the same weights.
+    """
+    if deepspeed_stage(accelerator) < 3:
+        return
+    kinds = {r.media_kind or "text": r.origin for r in records}
+    if len(kinds) > 1:
+        raise ConfigError("DeepSpeed ZeRO-3 needs records of one kind (all video, all image or all text); the "
+                          f"data mixes {', '.join(f'{k} (e.g. {o})' for k, o in sorted(kinds.items()))}. "
+                          "Use ZeRO-2 (configs/accelerate/zero2.yaml) for mixed data.")
+    if config.optim.grad_accum > 1:
+        raise ConfigError(f"optim.grad_accum={config.optim.grad_accum}: DeepSpeed ZeRO-3 runs here with "
+                          "grad_accum 1 (raise optim.prompts_per_step instead, or use ZeRO-2)")
+
+
+def deepspeed_reference(config: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
+    """The frozen reference model under ZeRO-3: loaded again from the recipe's checkpoint (transformers
+    partitions it while loading, so it cannot be copied from the policy) and wrapped in an inference-only
+    DeepSpeed engine whose hooks gather each module's parameters in its forward."""
+    import deepspeed
+
+    model = build_adapter(config, str(accelerator.device)).model.eval().requires_grad_(False)
+    policy = accelerator.state.deepspeed_plugin.deepspeed_config  # "auto" values filled by `prepare`
+    ds = {k: copy.deepcopy(policy[k]) for k in ("zero_optimization", "bf16", "fp16") if k in policy}
+    ds["train_micro_batch_size_per_gpu"] = 1
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    return engine.module
+
+
+# ---------------------------------------------------------------------------- processes
+# Ranks come from torch.distributed itself: under DeepSpeed on CPU processes accelerate reports a single
+# process (it knows no DeepSpeed-on-CPU state), while the process group DeepSpeed set up is the true one.
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def process_rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def process_count() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def wait_for_everyone() -> None:
+    if _distributed():
+        dist.barrier()
 
 
 def seed_everything(seed: int) -> None:
@@ -113,13 +222,27 @@ def mean_over_processes(metrics: dict[str, float], accelerator: Accelerator) -> 
     Every process must report the same keys."""
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)  # [K]
-    values = accelerator.gather(values).view(-1, len(keys)).cpu()  # [world, K]
+    if _distributed():
+        gathered = [torch.empty_like(values) for _ in range(process_count())]
+        dist.all_gather(gathered, values)
+        values = torch.stack(gathered)  # [world, K]
+    values = values.view(-1, len(keys)).cpu()  # [world, K]
     means = values.nanmean(0).tolist()
     return {k: v for k, v in zip(keys, means) if not math.isnan(v)}
 
 
+def micro_batches(n: int, parts: int) -> list[slice]:
+    """`range(n)` cut into exactly `parts` contiguous slices whose sizes differ by at most one."""
+    if n < parts:
+        raise ConfigError(f"optim.grad_accum={parts} is more than the {n} rows of a step")
+    size, extra = divmod(n, parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 # ---------------------------------------------------------------------------- checkpoints
 CHECKPOINT_PREFIX = "step-"
+DEEPSPEED_TAG = "deepspeed"  # the sub-directory of a checkpoint holding DeepSpeed's shards
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -136,45 +259,52 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
 def save_checkpoint(
     out: Path, step: int, model: torch.nn.Module, trainable: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator, accelerator: Accelerator,
-    state: dict[str, Any],
+    state: dict[str, Any], engine: Any = None,
 ) -> Path:
     """Write `checkpoints/step-NNNNNN` atomically: everything goes to a temporary directory that is renamed
-    only when complete, so a crash never leaves a checkpoint that resume would pick."""
+    only when complete, so a crash never leaves a checkpoint that resume would pick. Under DeepSpeed every
+    process writes its own shards of the weights and optimiser state (`engine.save_checkpoint`)."""
     root = out / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = root / f".tmp-{step:06d}"
-    rank = accelerator.process_index
-    if accelerator.is_main_process:
+    rank = process_rank()
+    if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    wait_for_everyone()
     torch.save(_rng_state(generator), tmp / f"rng-rank{rank}.pt")
-    if accelerator.is_main_process:
-        names = {id(p): n for n, p in model.named_parameters()}
-        torch.save({names[id(p)]: p.detach().cpu() for p in trainable}, tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if engine is not None:
+        engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
+    if is_main_process():
+        if engine is None:
+            names = {id(p): n for n, p in model.named_parameters()}
+            torch.save({names[id(p)]: p.detach().cpu() for p in trainable}, tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    wait_for_everyone()
+    if is_main_process():
         os.replace(tmp, final)
-    accelerator.wait_for_everyone()
+    wait_for_everyone()
     return final
 
 
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    generator: torch.Generator, accelerator: Accelerator,
+    generator: torch.Generator, accelerator: Accelerator, engine: Any = None,
 ) -> dict[str, Any]:
     """Restore weights, optimiser, schedule and every RNG; return the saved trainer state."""
-    weights = torch.load(path / "trainable.pt", map_location="cpu")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+    if engine is not None:
+        engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+    else:
+        weights = torch.load(path / "trainable.pt", map_location="cpu")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
-    rng = torch.load(path / f"rng-rank{accelerator.process_index}.pt", map_location="cpu", weights_only=False)
+    rng = torch.load(path / f"rng-rank{process_rank()}.pt", map_location="cpu", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
@@ -243,8 +373,7 @@ class RunLogger:
         if not self.enabled:
             return
         with open(self.out / "samples.jsonl", "a") as f:
-            for row in rows:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+            f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
     def close(self) -> None:
         for kind, writer in self._writers:
@@ -253,10 +382,10 @@ class RunLogger:
 
 def prepare_run_dir(config: TrainConfig, accelerator: Accelerator) -> Path:
     out = Path(config.run.out)
-    if accelerator.is_main_process:
+    if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
-    accelerator.wait_for_everyone()
+    wait_for_everyone()
     return out
 
 
@@ -300,14 +429,15 @@ class TrainingRun:
     start_step: int
     logger: RunLogger
     reference: Any = None  # frozen copy of the initial policy (RL with a KL term), or None
+    engine: Any = None  # the DeepSpeed engine around the policy when accelerate runs DeepSpeed, else None
 
     @property
     def rank(self) -> int:
-        return self.accelerator.process_index
+        return process_rank()
 
     @property
     def world(self) -> int:
-        return self.accelerator.num_processes
+        return process_count()
 
     def steps(self, desc: str, quiet: bool):
         """The remaining steps, with a progress bar and ETA on the main process."""
@@ -315,14 +445,25 @@ class TrainingRun:
 
         total = self.config.run.max_steps
         return tqdm(range(self.start_step, total), initial=self.start_step, total=total, desc=desc,
-                    disable=quiet or not self.accelerator.is_main_process)
+                    disable=quiet or not is_main_process())
 
     def batch_indices(self, step: int, num_records: int) -> list[int]:
         c = self.config
         return batch_indices(step, c.optim.prompts_per_step, self.rank, self.world, num_records, c.run.seed, c.data.shuffle)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss, already weighted by its share of the step. The step has exactly
+        `grad_accum` micro-batches (`micro_batches`), which is what DeepSpeed's accumulation counter expects."""
+        if self.engine is None:
+            loss.backward()
+            return
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loss carries its share already
+        self.engine.step()  # counts the micro-batch; DeepSpeed updates the weights after every `grad_accum`-th
+
     def optimizer_step(self) -> float:
         """Average gradients over processes, clip, step; returns the gradient norm before clipping."""
+        if self.engine is not None:  # DeepSpeed reduced, clipped and stepped its partitions in `backward`
+            return float(self.engine.get_global_grad_norm())
         average_gradients(self.params)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip).item()
         self.optimizer.step()
@@ -337,7 +478,7 @@ class TrainingRun:
             self.logger.log(step + 1, metrics)
         if run.save_every and (step + 1) % run.save_every == 0 and step + 1 < run.max_steps:
             save_checkpoint(self.out, step + 1, self.adapter.model, self.params, self.optimizer, self.scheduler,
-                            self.generator, self.accelerator, {})
+                            self.generator, self.accelerator, {}, engine=self.engine)
         return metrics
 
     def finish(self) -> Path:
@@ -347,15 +488,38 @@ class TrainingRun:
 
         self.logger.close()
         self.adapter.model.eval()
-        if self.lora is not None:
-            self.adapter.model = self.lora.merge_and_unload()
         final = self.out / "final"
-        if self.accelerator.is_main_process:
-            self.adapter.save_pretrained(final)
-            write_training_settings(final, template=self.config.data.template, system=self.config.data.system,
-                                    frames=self.adapter.frames)
-        self.accelerator.wait_for_everyone()
+        with self.full_parameters():
+            if self.lora is not None:
+                self.adapter.model = self.lora.merge_and_unload()
+            if deepspeed_stage(self.accelerator) == 3:
+                # transformers' ZeRO-3 loading attaches its legacy key renamings to the model, and reverting them
+                # on save would write `model.model.*` names; without them it writes the layout a plain load reads
+                self.adapter.model._weight_conversions = None
+            if is_main_process():
+                self.adapter.save_pretrained(final)
+                write_training_settings(final, template=self.config.data.template, system=self.config.data.system,
+                                        frames=self.adapter.frames)
+        wait_for_everyone()
         return final
+
+    def generation_context(self):
+        """A context for the rollout. Under ZeRO-3 it gathers the policy's parameters once and lifts DeepSpeed's
+        per-module hooks, so generation runs without collectives: processes generate different numbers of
+        tokens, and per-module gathering would leave them waiting on each other."""
+        if deepspeed_stage(self.accelerator) < 3:
+            return contextlib.nullcontext()
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(self.engine)
+
+    def full_parameters(self):
+        """A context in which every parameter is whole on every process: ZeRO-3 gathers its partitions."""
+        if self.engine is None or self.engine.zero_optimization_stage() < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.adapter.model.parameters()))
 
 
 def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False) -> TrainingRun:
@@ -364,16 +528,22 @@ def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, re
     checkpoint when resuming (the reference stays the initial policy)."""
     out = prepare_run_dir(config, accelerator)
     adapter = build_adapter(config, str(accelerator.device))
-    reference_model = copy.deepcopy(adapter.model).eval().requires_grad_(False) if reference else None
+    zero3 = deepspeed_stage(accelerator) == 3
+    reference_model = copy.deepcopy(adapter.model).eval().requires_grad_(False) if reference and not zero3 else None
     if config.model.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable()
     params, lora = trainable_parameters(adapter, config)
     optimizer = build_optimizer(params, config.optim)
+    engine = None
+    if deepspeed_stage(accelerator):
+        engine, optimizer = prepare_deepspeed(accelerator, adapter.model, optimizer, config)
+        if reference and zero3:
+            reference_model = deepspeed_reference(config, accelerator)
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
-    generator = torch.Generator().manual_seed(config.run.seed * 1000 + accelerator.process_index)
+    generator = torch.Generator().manual_seed(config.run.seed * 1000 + process_rank())
     start_step = 0
     if resume and (ckpt := latest_checkpoint(out)) is not None:
-        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator)["step"]
-    logger = RunLogger(out, config.run.report_to, enabled=accelerator.is_main_process)
+        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator, engine)["step"]
+    logger = RunLogger(out, config.run.report_to, enabled=is_main_process())
     return TrainingRun(config, accelerator, out, adapter, params, lora, optimizer, scheduler, generator, start_step, logger,
-                       reference_model)
+                       reference_model, engine)

@@ -18,7 +18,15 @@ import torch
 
 from framethink.config import TrainConfig, validate
 from framethink.data.records import load_records
-from framethink.engine import TrainingRun, make_accelerator, seed_everything, start_run
+from framethink.engine import (
+    TrainingRun,
+    check_engine_settings,
+    make_accelerator,
+    micro_batches,
+    process_rank,
+    seed_everything,
+    start_run,
+)
 from framethink.rl.loss import grpo_loss
 from framethink.rl.rollout import Rollout, collect_rollout
 
@@ -27,11 +35,10 @@ def policy_update(adapter, rollout: Rollout, run: TrainingRun) -> dict[str, floa
     """`num_iterations` clipped-objective updates on one rollout; returns the mean diagnostics."""
     rl, optim = run.config.rl, run.config.optim
     n = len(rollout.row_prompt)
-    micro = -(-n // optim.grad_accum)  # rows per micro-batch
+    parts = micro_batches(n, optim.grad_accum)
     totals: dict[str, float] = {}
     for _ in range(rl.num_iterations):
-        for start in range(0, n, micro):
-            rows = slice(start, start + micro)
+        for rows in parts:
             logp = adapter.completion_logprobs(rollout.prompts, rollout.row_prompt[rows], rollout.tokens[rows])  # [n, T]
             loss, diag = grpo_loss(
                 logp,
@@ -41,9 +48,9 @@ def policy_update(adapter, rollout: Rollout, run: TrainingRun) -> dict[str, floa
                 epsilon=rl.epsilon, beta=rl.beta, normalization=rl.normalization,
                 max_completion_length=rl.max_new_tokens,
             )
-            (loss * (min(n, start + micro) - start) / n).backward()
+            run.backward(loss * (rows.stop - rows.start) / n)
             for key, value in diag.items():
-                totals[key] = totals.get(key, 0.0) + value.item() / (rl.num_iterations * -(-n // micro))
+                totals[key] = totals.get(key, 0.0) + value.item() / (rl.num_iterations * len(parts))
         totals["grad_norm"] = totals.get("grad_norm", 0.0) + run.optimizer_step() / rl.num_iterations
     run.scheduler.step()
     totals["lr"] = run.scheduler.get_last_lr()[0]
@@ -59,8 +66,9 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
     """Run the recipe; returns the directory of the exported final model."""
     validate(config)  # a config built in code gets the checks load_config makes, before any model loads
     accelerator = make_accelerator(config)
-    seed_everything(config.run.seed + accelerator.process_index)
+    seed_everything(config.run.seed + process_rank())
     records = load_records(config.data.train_file, root=config.data.root)  # a bad record stops here, before any model
+    check_engine_settings(config, records, accelerator)
     run = start_run(config, accelerator, resume=resume, reference=config.rl.beta > 0)  # beta 0: no reference model (SPEC 5)
     adapter, rl, ref_model = run.adapter, config.rl, run.reference
 
@@ -68,8 +76,10 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
         batch = [records[i] for i in run.batch_indices(step, len(records))]
         t0 = time.perf_counter()
         adapter.model.eval()
-        rollout = collect_rollout(adapter, batch, rl, template=config.data.template,
-                                  seed=config.run.seed * 1_000_003 + step * run.world + run.rank, generator=run.generator)
+        with run.generation_context():
+            rollout = collect_rollout(adapter, batch, rl, template=config.data.template,
+                                      seed=config.run.seed * 1_000_003 + step * run.world + run.rank,
+                                      generator=run.generator)
         t1 = time.perf_counter()
         if rl.num_iterations > 1:  # ratios need the sampling policy's log-probs, kept fixed
             rollout.old_logp = reference_logprobs(adapter, rollout, adapter.model)

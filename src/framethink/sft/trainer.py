@@ -22,7 +22,14 @@ import torch
 from framethink.config import TrainConfig, validate
 from framethink.data.prompts import sft_target
 from framethink.data.records import Record, load_records
-from framethink.engine import make_accelerator, seed_everything, start_run
+from framethink.engine import (
+    check_engine_settings,
+    make_accelerator,
+    micro_batches,
+    process_rank,
+    seed_everything,
+    start_run,
+)
 from framethink.errors import ConfigError
 
 ANSWER = re.compile(r"(<answer>\s*)(.*?)(\s*</answer>)", re.DOTALL)
@@ -79,8 +86,9 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     """Run the SFT recipe; returns the directory of the exported final model."""
     validate(config)  # a config built in code gets the checks load_config makes, before any model loads
     accelerator = make_accelerator(config)
-    seed_everything(config.run.seed + accelerator.process_index)
+    seed_everything(config.run.seed + process_rank())
     records = load_records(config.sft.train_file, root=config.data.root)
+    check_engine_settings(config, records, accelerator)
     missing = [r.origin for r in records if r.cot is None]
     if missing:
         raise ConfigError(f"{len(missing)} SFT records have no <think> process, first: {missing[0]}")
@@ -94,12 +102,10 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
         rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
         prompts = [adapter.encode(r, template=config.data.template) for r in batch]
         targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
-        micro = -(-len(batch) // config.optim.grad_accum)
         total = 0.0
-        for start in range(0, len(batch), micro):
-            part = slice(start, start + micro)
+        for part in micro_batches(len(batch), config.optim.grad_accum):
             loss = sft_loss(adapter, prompts[part], targets[part]) * len(prompts[part]) / len(batch)
-            loss.backward()
+            run.backward(loss)
             total += loss.item()
         grad_norm = run.optimizer_step()
         run.scheduler.step()
