@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -237,7 +238,7 @@ def micro_batches(n: int, parts: int) -> list[slice]:
         raise ConfigError(f"optim.grad_accum={parts} is more than the {n} rows of a step")
     size, extra = divmod(n, parts)
     bounds = [i * size + min(i, extra) for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 # ---------------------------------------------------------------------------- checkpoints
