@@ -17,8 +17,9 @@ import framethink.engine as engine
 import framethink.rl.rollout as rollout_module
 import framethink.rl.trainer as trainer
 from framethink.config import load_config
+from framethink.errors import ConfigError
 from framethink.engine import (
-    build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, save_checkpoint, start_run,
+    build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, micro_batches, save_checkpoint, start_run,
 )
 from framethink.rl.rollout import collect_rollout
 from framethink.rl.trainer import policy_update, train_rl
@@ -107,6 +108,15 @@ def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
     assert all(g is not None for g in zero)  # the graph reached every trainable parameter ...
     assert all(torch.equal(g, torch.zeros_like(g)) for g in zero)  # ... with exactly zero gradient
     assert any(g.abs().max() > 0 for g in control)  # while non-zero advantages move it
+
+
+def test_micro_batches_are_exactly_grad_accum_near_equal_slices():
+    # DeepSpeed counts micro-batches to find the step boundary, so a step has exactly grad_accum of them
+    assert micro_batches(12, 1) == [slice(0, 12)]
+    assert micro_batches(5, 2) == [slice(0, 3), slice(3, 5)]
+    assert micro_batches(7, 3) == [slice(0, 3), slice(3, 5), slice(5, 7)]
+    with pytest.raises(ConfigError, match="grad_accum=4 is more than the 3 rows"):
+        micro_batches(3, 4)
 
 
 def test_gradient_accumulation_matches_one_batch(recipe, synth_records):
