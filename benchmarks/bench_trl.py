@@ -63,6 +63,8 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
     )
     clock = StepClock()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    for name, param in model.model.visual.named_parameters():  # the same trainable set as framethink's recipe:
+        param.requires_grad_(name.startswith("merger"))  # vision tower frozen (SPEC 6), merger trained
     trainer = GRPOTrainer(
         model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
         train_dataset=Dataset.from_list(rows * (warmup + steps)),
