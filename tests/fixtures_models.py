@@ -1,6 +1,6 @@
 """Shared pytest fixtures: tiny offline Qwen-VL checkpoints and the offline tokenizer.
 
-Checkpoint directories are built once per session (read-only by convention: copy before modifying);
+Checkpoint directories are built once per test run (read-only by convention: copy before modifying);
 models are loaded per test so a test may train its own copy.
 """
 from __future__ import annotations
