@@ -14,6 +14,20 @@ the parameters too (ZeRO-3). ZeRO-3 gathers each module's parameters in hooks on
 adapter's direct calls (embeddings, vision tower) work unchanged. The engine then owns the gradient
 reduction, clipping, the optimiser step and its checkpoint shards; framethink keeps the schedule, the data
 order, the RNG and the atomic checkpoint directory.
+
+FSDP2 (`torch.distributed.fsdp.fully_shard`): when accelerate is configured for FSDP version 2
+(`configs/accelerate/fsdp.yaml`, or ACCELERATE_USE_FSDP=true FSDP_VERSION=2 ... under torchrun), the engine
+shards the policy itself, with the plugin's reshard-after-forward, offload and mixed-precision settings: each
+module the adapter names (`fsdp_units`: decoder layers, vision blocks, the modules it calls outside the model's
+forward) is its own unit, the input embedding too, then the root. accelerate's own `prepare` is not used: its
+auto-wrap by `_no_split_modules` would leave the embedding and the vision tower in the root unit, which the
+adapter calls outside the root forward. An input embedding tied to the output head stays whole on every process
+(a parameter belongs to one unit, and the root's gradient reduction runs before the adapter's direct embedding
+call has added its gradient); the gradients of such whole parameters are averaged by the engine as in the
+data-parallel path, FSDP reduces the rest. Generation unshards every unit once (processes generate different
+numbers of tokens); checkpoints hold each process's shards (torch.distributed.checkpoint); the export gathers
+the full weights. The reference model (RL with a KL term) is a whole, frozen copy taken before sharding: one
+model replica per process on top of the shards.
 """
 from __future__ import annotations
 
@@ -35,7 +49,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.tensor import DTensor
 
 from framethink.config import ModelConfig, OptimConfig, TrainConfig, save_config
 from framethink.errors import ConfigError
@@ -46,6 +61,54 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def deepspeed_requested() -> bool:
     """accelerate's switch for DeepSpeed (set by `accelerate launch` from a DeepSpeed config)."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def fsdp_requested(accelerator: Accelerator) -> bool:
+    """Whether accelerate is configured for FSDP: its own FSDP mode on GPUs, or the environment of an FSDP
+    config on CPU processes, which accelerate runs as MULTI_CPU without reading the FSDP settings."""
+    return (accelerator.distributed_type == DistributedType.FSDP
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true")
+
+
+def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | None:
+    """accelerate's FSDP settings (None without FSDP): the accelerator's plugin on GPUs, else read from the
+    same environment variables `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets."""
+    if not fsdp_requested(accelerator):
+        return None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+    else:
+        plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"FSDP version {plugin.fsdp_version}: framethink runs FSDP2 (fsdp_version: 2, see "
+                          "configs/accelerate/fsdp.yaml)")
+    return plugin
+
+
+def shard_model(model: torch.nn.Module, units: list[torch.nn.Module], plugin: FullyShardedDataParallelPlugin) -> None:
+    """Apply `fully_shard` to each unit (children before parents), to the input embedding unless it is tied to
+    the output head, then to the root, which is fixed as the root at once: FSDP otherwise takes the first unit to
+    run forward for the root, and the adapter runs the vision tower and the embedding before the model's forward.
+    A tied embedding stays whole (`ignored_params`): its weight is the head's, which the root unit holds, and the
+    adapter calls it outside the root forward, after the root's gradients are reduced."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    settings = {"reshard_after_forward": plugin.reshard_after_forward, "offload_policy": plugin.cpu_offload,
+                "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy()}
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    for unit in units if tied else [*units, embedding]:
+        fully_shard(unit, **settings)
+    fully_shard(model, ignored_params=set(embedding.parameters()) if tied else None, **settings)
+    model._get_fsdp_state()._lazy_init()  # torch-private: fixes the root before the adapter's first direct call
+
+
+def fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP units of a sharded model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -89,23 +152,25 @@ def prepare_deepspeed(accelerator: Accelerator, model: torch.nn.Module, optimize
 
 
 def check_engine_settings(config: TrainConfig, records: list, accelerator: Accelerator) -> None:
-    """What ZeRO-3 cannot run, refused before any model loads.
+    """What ZeRO-3 and FSDP cannot run, refused before any model loads.
 
-    - Records of more than one kind: ZeRO-3 gathers each module's parameters collectively when the module
-      runs, so every process must run the same modules in each forward (the vision tower on every process or
-      on none); a dataset mixing video, image and text-only records breaks that.
+    - Records of more than one kind: ZeRO-3 and FSDP gather each module's parameters collectively when the
+      module runs, so every process must run the same modules in each forward (the vision tower on every process
+      or on none); a dataset mixing video, image and text-only records breaks that.
     - `optim.grad_accum` > 1: measured with DeepSpeed 0.19 on CPU processes, ZeRO-3 accumulation over two
       micro-batches gave other weights than one batch of the same rows, even for a three-layer toy model and
       DeepSpeed's own loss scaling; ZeRO-2 and the data-parallel engine give the same weights.
     """
-    if deepspeed_stage(accelerator) < 3:
+    zero3 = deepspeed_stage(accelerator) == 3
+    if not (zero3 or fsdp_requested(accelerator)):
         return
     kinds = {r.media_kind or "text": r.origin for r in records}
     if len(kinds) > 1:
-        raise ConfigError("DeepSpeed ZeRO-3 needs records of one kind (all video, all image or all text); the "
-                          f"data mixes {', '.join(f'{k} (e.g. {o})' for k, o in sorted(kinds.items()))}. "
-                          "Use ZeRO-2 (configs/accelerate/zero2.yaml) for mixed data.")
-    if config.optim.grad_accum > 1:
+        mixes = ", ".join(f"{k} (e.g. {o})" for k, o in sorted(kinds.items()))
+        raise ConfigError(f"{'DeepSpeed ZeRO-3' if zero3 else 'FSDP'} needs records of one kind (all video, all "
+                          f"image or all text); the data mixes {mixes}. Use ZeRO-2 (configs/accelerate/zero2.yaml) "
+                          "or data parallelism for mixed data.")
+    if zero3 and config.optim.grad_accum > 1:
         raise ConfigError(f"optim.grad_accum={config.optim.grad_accum}: DeepSpeed ZeRO-3 runs here with "
                           "grad_accum 1 (raise optim.prompts_per_step instead, or use ZeRO-2)")
 
@@ -168,15 +233,19 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], config: ModelConf
     return trainable
 
 
-def apply_lora(model: torch.nn.Module, config: ModelConfig):
+def apply_lora(model: torch.nn.Module, config: ModelConfig, seed: int):
     """Inject LoRA adapters (peft) into `model` in place; only they train. Returns the peft `LoraModel`,
-    whose `merge_and_unload()` gives back the plain model with merged weights for export."""
+    whose `merge_and_unload()` gives back the plain model with merged weights for export. The random initial
+    LoRA weights come from `seed`, the same on every process: the processes' own generators are seeded by rank,
+    and data parallelism and FSDP both need every process to start from the same weights."""
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
     lora = config.lora
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
-    return LoraModel(model, peft_config, "default")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LoraModel(model, peft_config, "default")
 
 
 def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -203,9 +272,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients to a global norm of at most `max_norm`; returns the norm before clipping. The norm of
+    FSDP-sharded gradients (DTensors, one norm needs all processes) is combined with that of the whole ones: the
+    two kinds cannot share one norm computation."""
+    kinds = [[p for p in params if p.grad is not None and isinstance(p, DTensor) == sharded] for sharded in (True, False)]
+    kinds = [group for group in kinds if group]
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in group]) for group in kinds]
+    total = torch.linalg.vector_norm(torch.stack([n.full_tensor() if isinstance(n, DTensor) else n for n in norms]))
+    for group in kinds:
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total.item()
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Mean of every trainable gradient over all processes (a missing gradient counts as zero)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not params or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -244,6 +326,7 @@ def micro_batches(n: int, parts: int) -> list[slice]:
 # ---------------------------------------------------------------------------- checkpoints
 CHECKPOINT_PREFIX = "step-"
 DEEPSPEED_TAG = "deepspeed"  # the sub-directory of a checkpoint holding DeepSpeed's shards
+FSDP_TAG = "fsdp"  # the sub-directory of a checkpoint holding the FSDP shards (torch.distributed.checkpoint)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -257,14 +340,24 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
             "generator": generator.get_state()}
 
 
+def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The trainable weights and the optimiser state of an FSDP model as this process's shards (frozen weights
+    come from the recipe's checkpoint, as in the data-parallel checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    return {"model": weights, "optimizer": optim}
+
+
 def save_checkpoint(
     out: Path, step: int, model: torch.nn.Module, trainable: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator, accelerator: Accelerator,
-    state: dict[str, Any], engine: Any = None,
+    state: dict[str, Any], engine: Any = None, sharded: bool = False,
 ) -> Path:
     """Write `checkpoints/step-NNNNNN` atomically: everything goes to a temporary directory that is renamed
     only when complete, so a crash never leaves a checkpoint that resume would pick. Under DeepSpeed every
-    process writes its own shards of the weights and optimiser state (`engine.save_checkpoint`)."""
+    process writes its own shards of the weights and optimiser state (`engine.save_checkpoint`), under FSDP
+    (`sharded`) torch.distributed.checkpoint does."""
     root = out / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = root / f".tmp-{step:06d}"
@@ -276,8 +369,12 @@ def save_checkpoint(
     torch.save(_rng_state(generator), tmp / f"rng-rank{rank}.pt")
     if engine is not None:
         engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp / FSDP_TAG)
     if is_main_process():
-        if engine is None:
+        if engine is None and not sharded:
             names = {id(p): n for n, p in model.named_parameters()}
             torch.save({names[id(p)]: p.detach().cpu() for p in trainable}, tmp / "trainable.pt")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -292,11 +389,23 @@ def save_checkpoint(
 
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    generator: torch.Generator, accelerator: Accelerator, engine: Any = None,
+    generator: torch.Generator, accelerator: Accelerator, engine: Any = None, sharded: bool = False,
 ) -> dict[str, Any]:
     """Restore weights, optimiser, schedule and every RNG; return the saved trainer state."""
     if engine is not None:
         engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+    elif sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_state_dict,
+        )
+
+        state = _sharded_state(model, optimizer)  # the layout to read into: `dcp.load` fails on any key it lacks
+        dcp.load(state, checkpoint_id=path / FSDP_TAG)
+        # not strict: the frozen weights are not in the checkpoint, and keep the values loaded from the recipe's
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(ignore_frozen_params=True, strict=False))
     else:
         weights = torch.load(path / "trainable.pt", map_location="cpu")
         params = dict(model.named_parameters())
@@ -409,7 +518,7 @@ def build_adapter(config: TrainConfig, device: str):
 def trainable_parameters(adapter, config: TrainConfig) -> tuple[list[torch.nn.Parameter], Any]:
     """Freeze switches, or LoRA adapters when enabled; returns (parameters, peft LoRA model or None)."""
     if config.model.lora.enabled:
-        lora = apply_lora(adapter.model, config.model)
+        lora = apply_lora(adapter.model, config.model, config.run.seed)
         return [p for p in adapter.model.parameters() if p.requires_grad], lora
     return set_trainable(adapter.parameter_groups(), config.model), None
 
@@ -431,6 +540,7 @@ class TrainingRun:
     logger: RunLogger
     reference: Any = None  # frozen copy of the initial policy (RL with a KL term), or None
     engine: Any = None  # the DeepSpeed engine around the policy when accelerate runs DeepSpeed, else None
+    fsdp: FullyShardedDataParallelPlugin | None = None  # the FSDP settings the policy is sharded with, else None
 
     @property
     def rank(self) -> int:
@@ -462,11 +572,14 @@ class TrainingRun:
         self.engine.step()  # counts the micro-batch; DeepSpeed updates the weights after every `grad_accum`-th
 
     def optimizer_step(self) -> float:
-        """Average gradients over processes, clip, step; returns the gradient norm before clipping."""
+        """Average gradients over processes, clip, step; returns the gradient norm before clipping. FSDP has
+        reduced the gradients of the sharded parameters in backward; the whole ones are averaged here."""
         if self.engine is not None:  # DeepSpeed reduced, clipped and stepped its partitions in `backward`
             return float(self.engine.get_global_grad_norm())
-        average_gradients(self.params)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip).item()
+        average_gradients([p for p in self.params if not isinstance(p, DTensor)])
+        norm = clip_gradients(self.params, self.config.optim.grad_clip)
+        for unit in fsdp_modules(self.adapter.model):  # the step updates the shards: no unit may keep a stale copy
+            unit.reshard()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -479,7 +592,7 @@ class TrainingRun:
             self.logger.log(step + 1, metrics)
         if run.save_every and (step + 1) % run.save_every == 0 and step + 1 < run.max_steps:
             save_checkpoint(self.out, step + 1, self.adapter.model, self.params, self.optimizer, self.scheduler,
-                            self.generator, self.accelerator, {}, engine=self.engine)
+                            self.generator, self.accelerator, {}, engine=self.engine, sharded=self.fsdp is not None)
         return metrics
 
     def finish(self) -> Path:
@@ -488,6 +601,8 @@ class TrainingRun:
         from framethink.models.registry import write_training_settings
 
         self.logger.close()
+        if self.fsdp is not None:
+            self._unshard_for_export()
         self.adapter.model.eval()
         final = self.out / "final"
         with self.full_parameters():
@@ -504,10 +619,27 @@ class TrainingRun:
         wait_for_everyone()
         return final
 
+    def _unshard_for_export(self) -> None:
+        """Replace the sharded policy by a whole one: the recipe's model built again (LoRA modules injected when
+        they train) holding the full weights gathered from every process, so the export is the plain one."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        weights = get_model_state_dict(self.adapter.model, options=StateDictOptions(full_state_dict=True))
+        model = build_adapter(self.config, str(self.accelerator.device)).model
+        self.lora = apply_lora(model, self.config.model, self.config.run.seed) if self.lora is not None else None
+        model.load_state_dict(weights)
+        self.adapter.model = model
+
     def generation_context(self):
-        """A context for the rollout. Under ZeRO-3 it gathers the policy's parameters once and lifts DeepSpeed's
-        per-module hooks, so generation runs without collectives: processes generate different numbers of
-        tokens, and per-module gathering would leave them waiting on each other."""
+        """A context for the rollout. Under ZeRO-3 and FSDP it gathers the policy's parameters once and keeps
+        them gathered (ZeRO-3: lifts DeepSpeed's per-module hooks), so generation runs without collectives:
+        processes generate different numbers of tokens, and per-module gathering would leave them waiting on
+        each other."""
+        if self.fsdp is not None:
+            return unsharded(self.adapter.model, self.fsdp.reshard_after_forward)
         if deepspeed_stage(self.accelerator) < 3:
             return contextlib.nullcontext()
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
@@ -523,10 +655,27 @@ class TrainingRun:
         return deepspeed.zero.GatheredParameters(list(self.adapter.model.parameters()))
 
 
+@contextlib.contextmanager
+def unsharded(model: torch.nn.Module, reshard_after_forward: bool):
+    """Every FSDP unit of `model` gathered once and kept whole through the forwards inside; resharded on exit,
+    each unit back to `reshard_after_forward` (the root to False, FSDP's own choice for it)."""
+    units = fsdp_modules(model)
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(reshard_after_forward and unit is not model, recurse=False)
+            unit.reshard()
+
+
 def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False) -> TrainingRun:
     """Load the model through its adapter, keep a frozen copy of it as the reference model when asked, apply
-    freezing / LoRA / gradient checkpointing, build the optimiser and schedule, and restore the newest complete
-    checkpoint when resuming (the reference stays the initial policy)."""
+    freezing / LoRA / gradient checkpointing, shard the policy under FSDP, build the optimiser and schedule, and
+    restore the newest complete checkpoint when resuming (the reference stays the initial policy)."""
+    plugin = fsdp_plugin(accelerator)
     out = prepare_run_dir(config, accelerator)
     adapter = build_adapter(config, str(accelerator.device))
     zero3 = deepspeed_stage(accelerator) == 3
@@ -534,6 +683,9 @@ def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, re
     if config.model.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable()
     params, lora = trainable_parameters(adapter, config)
+    if plugin is not None:
+        shard_model(adapter.model, adapter.fsdp_units(), plugin)
+        params = [p for p in adapter.model.parameters() if p.requires_grad]  # the shards (DTensors) now
     optimizer = build_optimizer(params, config.optim)
     engine = None
     if deepspeed_stage(accelerator):
@@ -544,7 +696,8 @@ def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, re
     generator = torch.Generator().manual_seed(config.run.seed * 1000 + process_rank())
     start_step = 0
     if resume and (ckpt := latest_checkpoint(out)) is not None:
-        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator, engine)["step"]
+        start_step = load_checkpoint(ckpt, adapter.model, optimizer, scheduler, generator, accelerator, engine,
+                                     sharded=plugin is not None)["step"]
     logger = RunLogger(out, config.run.report_to, enabled=is_main_process())
     return TrainingRun(config, accelerator, out, adapter, params, lora, optimizer, scheduler, generator, start_step, logger,
-                       reference_model, engine)
+                       reference_model, engine, plugin)

@@ -13,7 +13,6 @@ import torch
 from framethink.data.records import Record
 
 
-
 @dataclass(frozen=True)
 class Decoding:
     """Sampling settings for generation (SPEC 5 and 7)."""
@@ -81,6 +80,12 @@ class PolicyAdapter(Protocol):
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """{"vision": [...], "connector": [...], "lm": [...]} for the freeze switches."""
+        ...
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """The policy's modules FSDP shards one by one, children before parents: the repeated blocks and every
+        module the adapter calls outside the model's forward (the vision tower, the connector), which must be a
+        unit of its own to gather its weights when called. The engine adds the input embedding and the root."""
         ...
 
     def save_pretrained(self, out: Any) -> None:

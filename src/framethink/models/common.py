@@ -10,7 +10,7 @@ resampler), which may train, runs again in each forward. A forward with model M 
   3. no parameter of M's tower requires grad, and
   4. M's tower holds the policy tower's weights: M is the policy, or M's tower tensors were compared equal to the
      policy's by value (the reference model: a copy of the initial policy, whose frozen tower never moved; not
-     under ZeRO-3, where a process holds only partitions), and neither tower's tensors have been replaced or
+     under ZeRO-3 or FSDP, where a process holds only partitions), and neither tower's tensors have been replaced or
      modified in place since (tensor version counters and storage pointers), else they are compared again.
 Otherwise the forward runs exactly as without reuse: the whole encoder over all its prompts. A trainable tower
 therefore never reuses anything, and its gradients flow as before.
@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from framethink.data.clips import FrameRule
 from framethink.models.adapter import Decoding, EncodedPrompt
@@ -45,9 +46,9 @@ class TowerState:
 
 
 def same_values(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    """Whether two towers' tensors hold the same values. A ZeRO-3 partition (DeepSpeed marks it `ds_id`) holds no
-    values here to compare, so a partitioned tower is never taken for equal."""
-    if any(hasattr(t, "ds_id") for t in (*a, *b)):
+    """Whether two towers' tensors hold the same values. A ZeRO-3 partition (DeepSpeed marks it `ds_id`) or an FSDP
+    shard (a DTensor) holds no whole values here to compare, so a partitioned tower is never taken for equal."""
+    if any(hasattr(t, "ds_id") or isinstance(t, DTensor) for t in (*a, *b)):
         return False
     return len(a) == len(b) and all(
         x.shape == y.shape and x.dtype == y.dtype and x.device == y.device and torch.equal(x, y) for x, y in zip(a, b))

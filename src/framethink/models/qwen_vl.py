@@ -29,9 +29,17 @@ from framethink.models.adapter import Decoding, EncodedPrompt
 from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
 from framethink.models.loader import load_qwen_vl
 from framethink.models.mrope import mrope_position_ids
-from framethink.models.qwen_vision import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
+from framethink.models.qwen_vision import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    QwenVisionProcessor,
+    build_qwen_inputs,
+)
 from framethink.models.sampling import (
-    Completions, completion_logprobs_from_logits, sample_completions, token_logprobs,
+    Completions,
+    completion_logprobs_from_logits,
+    sample_completions,
+    token_logprobs,
 )
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
@@ -88,6 +96,12 @@ class QwenVLAdapter(AdapterCommon):
         vision_ids = {id(p) for p in visual.parameters()}
         lm = [p for p in model.parameters() if id(p) not in vision_ids]
         return {"vision": vision, "connector": merger, "lm": lm}
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """Each decoder layer and vision block, the merger (called alone where the frozen tower's output is kept)
+        and the vision tower (called by `pack`, outside the model's forward)."""
+        visual = self.model.model.visual
+        return [*self.model.model.language_model.layers, *visual.blocks, visual.merger, visual]
 
     def save_pretrained(self, out: Path) -> None:
         """Model, tokenizer and processor configs (with the pixel bounds in use), in the Hugging Face layout."""

@@ -28,7 +28,9 @@ from framethink.errors import ConfigError
 from framethink.models.adapter import Decoding, EncodedPrompt
 from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
 from framethink.models.sampling import (
-    Completions, completion_logprobs_from_logits, sample_completions,
+    Completions,
+    completion_logprobs_from_logits,
+    sample_completions,
 )
 from framethink.models.siglip_frames import preprocess_siglip_frames
 from framethink.models.tinyllava import (
@@ -83,6 +85,15 @@ class TinyLlavaAdapter(AdapterCommon):
             "connector": list(model.connector.parameters()),
             "lm": list(model.language_model.parameters()),
         }
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """Each decoder layer, the SigLIP tower's layers and its other parts, and the connector (called through
+        `get_video_features`, and alone where the frozen tower's output is kept). The tower is not a unit as a
+        whole: `fully_shard` gives a unit a new class, and transformers finds by the class which layer outputs
+        to keep, so the sharded tower would return no `hidden_states`."""
+        model, tower = self.model, self.model.vision_tower
+        parts = [m for m in tower.children() if m is not tower.encoder]  # embeddings, post-norm, pooling head
+        return [*model.language_model.model.layers, *tower.encoder.layers, *parts, model.connector]
 
     def save_pretrained(self, out: Path) -> None:
         """Model and tokenizer in framethink's layout (`load_tinyllava` and `load_adapter` read it back)."""
@@ -177,7 +188,8 @@ class TinyLlavaAdapter(AdapterCommon):
                 p = int(is_video.nonzero()[0, 0])
                 sequences[i] = torch.cat([text[:p], video.to(text.dtype), text[p + 1:]])  # [L_i + N - 1, D]
         lp = max(seq.shape[0] for seq in sequences.values())
-        prompt_embeds = embed.weight.new_zeros(len(used), lp, embed.weight.shape[1])  # [P, Lp, D]
+        first = sequences[used[0]]  # the embedding's weight may be an FSDP shard here: shape and dtype from its output
+        prompt_embeds = first.new_zeros(len(used), lp, first.shape[1])  # [P, Lp, D]
         prompt_mask = torch.zeros(len(used), lp, dtype=torch.long, device=model.device)  # [P, Lp]
         for k, i in enumerate(used):
             prompt_embeds[k, lp - sequences[i].shape[0]:] = sequences[i]
