@@ -38,8 +38,10 @@ from framethink.models.qwen_vision import (
 from framethink.models.sampling import (
     Completions,
     completion_logprobs_from_logits,
+    drops_kv_cache,
+    gather_prefill,
+    logprobs_after_prefill,
     sample_completions,
-    token_logprobs,
 )
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
@@ -244,8 +246,7 @@ class QwenVLAdapter(AdapterCommon):
             inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
             position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
-        rows = torch.tensor([used.index(i) for i in row_prompt], device=model.device)  # [N] packed row of each row
-        cache.reorder_cache(rows)  # [P, H, Lp, d] -> [N, H, Lp, d] in every layer; autograd follows the gather
+        rows = gather_prefill(cache, used, row_prompt, model.device)  # [N] packed row of each row
         last = packed.position_ids.amax(-1, keepdim=True)  # [3, P, 1]
         return out.logits[:, -1][rows], packed.attention_mask[rows], last[:, rows]
 
@@ -262,22 +263,20 @@ class QwenVLAdapter(AdapterCommon):
         The prompts run once each (`_prefill`), then the completion tokens of all rows in one forward.
         """
         model = model or self.model
-        if model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
-            # transformers drops the KV cache in a training forward under gradient checkpointing
+        if drops_kv_cache(model):
             return self._completion_logprobs_per_row(model, prompts, row_prompt, completion_ids)
         completion_ids = completion_ids.to(model.device)  # [N, T]
-        t = completion_ids.shape[1]
         cache = DynamicCache()
         first, attention, last = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp], [3, N, 1]
-        logp = [token_logprobs(first.unsqueeze(1), completion_ids[:, :1])]  # [N, 1]: the prompt predicts token 0
-        if t > 1:
-            inputs = completion_ids[:, :-1]  # [N, T-1]: token j predicts token j + 1
-            logits = model(
+
+        def forward(inputs: torch.Tensor) -> torch.Tensor:  # [N, T-1] -> logits [N, T-1, V]
+            return model(
                 input_ids=inputs, attention_mask=torch.cat([attention, torch.ones_like(inputs)], dim=1),
-                position_ids=last + torch.arange(1, t, device=model.device), past_key_values=cache, use_cache=True,
-            ).logits  # [N, T-1, V]
-            logp.append(token_logprobs(logits, completion_ids[:, 1:]))
-        return torch.cat(logp, dim=1)  # [N, T]
+                position_ids=last + torch.arange(1, inputs.shape[1] + 1, device=model.device),
+                past_key_values=cache, use_cache=True,
+            ).logits
+
+        return logprobs_after_prefill(first, completion_ids, forward)  # [N, T]
 
     def _completion_logprobs_per_row(
         self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor

@@ -5,6 +5,10 @@ last prompt position; then it is called with each new token column. The loop onl
 temperature / top-p, suppresses the vision special tokens (a completion holding one breaks every later
 forward, ENVIRONMENT.md), draws on the logits' device by inverse CDF, and masks every row up to and
 including its EOS.
+
+It also holds the log-prob pieces every adapter shares, prefix sharing among them: each distinct prompt of a
+batch runs through the LM once, its KV cache is gathered to the prompt's rows (completions), and the completion
+tokens of all rows run in one forward on that cache.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from framethink.models.adapter import Decoding
 
@@ -106,3 +111,32 @@ def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.
     """logits [N, T+1, V] of the last T+1 positions -> log-probs [N, T] of completion_ids [N, T]
     (position j predicts completion token j)."""
     return token_logprobs(logits[:, :-1], completion_ids)
+
+
+def drops_kv_cache(model: torch.nn.Module) -> bool:
+    """Whether a forward of `model` now keeps no KV cache: transformers turns the cache off in a training forward
+    under gradient checkpointing, so there every row must carry its whole prompt instead of sharing a prefill."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def gather_prefill(cache: DynamicCache, used: list[int], row_prompt: list[int], device: torch.device) -> torch.Tensor:
+    """Gather the KV cache of a prefill that ran prompts `used` (one row each) to the rows, row i continuing prompt
+    `row_prompt[i]`; -> each row's prefill row [N], to gather the prefill's other outputs alike.
+
+    The gather is an index_select that autograd follows: a prompt's rows share its one prefill, gradients included.
+    """
+    rows = torch.tensor([used.index(i) for i in row_prompt], device=device)  # [N]
+    cache.reorder_cache(rows)  # [P, H, Lp, d] -> [N, H, Lp, d] in every layer
+    return rows
+
+
+def logprobs_after_prefill(
+    first: torch.Tensor, completion_ids: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Log-probs [N, T] of `completion_ids` [N, T] after a prefill whose logits at each row's last prompt position
+    are `first` [N, V]: the prefill predicts token 0, and `forward` runs tokens 0..T-2 [N, T-1] on the prefill's KV
+    cache in one call, its logits [N, T-1, V] predicting tokens 1..T-1."""
+    logp = [token_logprobs(first.unsqueeze(1), completion_ids[:, :1])]  # [N, 1]
+    if completion_ids.shape[1] > 1:
+        logp.append(token_logprobs(forward(completion_ids[:, :-1]), completion_ids[:, 1:]))  # [N, T-1]
+    return torch.cat(logp, dim=1)  # [N, T]

@@ -2,13 +2,17 @@
 
 A prompt is the `qwen2_base` text "{system}USER: <image>\\n{question} ASSISTANT:" with one placeholder id
 (-200) where the video goes. Frames come from the uniform rule (16 by default), resized square to the SigLIP
-image size and normalised, without torchvision. The adapter builds every row's embeddings itself:
+image size and normalised, without torchvision. The adapter builds the prompts' embeddings itself:
   - the vision tower and connector run once per prompt batch (one call per distinct frame count, one in
     practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt; while
     the tower is frozen (the recipe) it runs once per prompt per step, for the policy and the reference model
     alike, and only the connector runs again in each forward (`framethink.models.common`);
-  - rows are left-padded `[pad, text before, video, text after, completion]`; the model's forward numbers
-    positions by the attended tokens, so the prefill, every cached step and the full forward agree.
+  - each distinct prompt runs through the LM once, left-padded `[pad, text before, video, text after]`, and its
+    KV cache is gathered to its rows; the completion tokens of all rows then run in one forward on that cache,
+    in generation and in every log-prob forward (prefix sharing, `framethink.models.sampling`). A training
+    forward under gradient checkpointing, where transformers keeps no KV cache, runs every row's whole prompt;
+  - the model's forward numbers positions by the attended tokens, so a left-padded row's positions count from
+    its first real token, and the prefill, every cached step and a whole-row forward agree.
 An image is a one-frame clip; a text-only record has no placeholder and no video. The frame count need not
 equal the connector's `group`: the resampler splits a clip's T x P tokens into `group` contiguous chunks,
 one frame per chunk at T = group = 16 (the released model), several frames per chunk in the tiny model.
@@ -30,6 +34,9 @@ from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowe
 from framethink.models.sampling import (
     Completions,
     completion_logprobs_from_logits,
+    drops_kv_cache,
+    gather_prefill,
+    logprobs_after_prefill,
     sample_completions,
 )
 from framethink.models.siglip_frames import preprocess_siglip_frames
@@ -163,45 +170,49 @@ class TinyLlavaAdapter(AdapterCommon):
 
         return self._encode_reusing_tower(model, pixels, encode, connect)
 
-    def _rows(
+    def _prompt_embeds(self, model: TinyLlavaVideoForConditionalGeneration,
+                       prompts: list[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [P, Lp, D], attention_mask [P, Lp]) of the prompts, one left-padded row each
+        `[pad, text before, video, text after]`, the placeholder replaced by the prompt's video embeddings."""
+        embed = model.get_input_embeddings()
+        sequences = []
+        for prompt, video in zip(prompts, self._video_features(model, prompts)):
+            ids = prompt.inputs["input_ids"][0].to(model.device)  # [L_i]
+            is_video = ids == self.image_token_index
+            text = embed(ids.masked_fill(is_video, 0))  # [L_i, D]; the placeholder's row is dropped
+            if video is None:
+                sequences.append(text)
+            else:
+                p = int(is_video.nonzero()[0, 0])
+                sequences.append(torch.cat([text[:p], video.to(text.dtype), text[p + 1:]]))  # [L_i + N - 1, D]
+        lp = max(seq.shape[0] for seq in sequences)
+        first = sequences[0]  # the embedding's weight may be an FSDP shard here: shape and dtype from its output
+        embeds = first.new_zeros(len(sequences), lp, first.shape[1])  # [P, Lp, D]
+        mask = torch.zeros(len(sequences), lp, dtype=torch.long, device=model.device)  # [P, Lp]
+        for k, seq in enumerate(sequences):
+            embeds[k, lp - seq.shape[0]:] = seq
+            mask[k, lp - seq.shape[0]:] = 1
+        return embeds, mask
+
+    def _prefill(
         self,
         model: TinyLlavaVideoForConditionalGeneration,
         prompts: list[EncodedPrompt],
         row_prompt: list[int],
-        completion_ids: torch.Tensor | None = None,
+        cache: DynamicCache,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs_embeds [N, L, D], attention_mask [N, L]) of rows `[left pad, prompt(row_prompt[i]),
-        completion_ids[i]]`, the placeholder replaced by the prompt's video embeddings.
+        """Run each distinct prompt of the rows through `model` once and gather its KV cache in `cache` to its rows.
 
-        Each used prompt is embedded once; its rows share that embedding."""
+        -> (logits [N, V] at each row's last prompt position, the rows' prompt attention mask [N, Lp]). Later
+        forwards on `cache` pass that mask extended by their tokens: the model numbers positions by the attended
+        tokens, so each row's completion continues from its own prompt length, as in a forward of the whole row.
+        """
         used = sorted(set(row_prompt))
-        embed = model.get_input_embeddings()
-        features = self._video_features(model, [prompts[i] for i in used])
-        sequences = {}
-        for i, video in zip(used, features):
-            ids = prompts[i].inputs["input_ids"][0].to(model.device)  # [L_i]
-            is_video = ids == self.image_token_index
-            text = embed(ids.masked_fill(is_video, 0))  # [L_i, D]; the placeholder's row is dropped
-            if video is None:
-                sequences[i] = text
-            else:
-                p = int(is_video.nonzero()[0, 0])
-                sequences[i] = torch.cat([text[:p], video.to(text.dtype), text[p + 1:]])  # [L_i + N - 1, D]
-        lp = max(seq.shape[0] for seq in sequences.values())
-        first = sequences[used[0]]  # the embedding's weight may be an FSDP shard here: shape and dtype from its output
-        prompt_embeds = first.new_zeros(len(used), lp, first.shape[1])  # [P, Lp, D]
-        prompt_mask = torch.zeros(len(used), lp, dtype=torch.long, device=model.device)  # [P, Lp]
-        for k, i in enumerate(used):
-            prompt_embeds[k, lp - sequences[i].shape[0]:] = sequences[i]
-            prompt_mask[k, lp - sequences[i].shape[0]:] = 1
-        slot = {i: k for k, i in enumerate(used)}
-        index = torch.tensor([slot[i] for i in row_prompt], device=model.device)
-        embeds, mask = prompt_embeds[index], prompt_mask[index]  # [N, Lp, D], [N, Lp]
-        if completion_ids is not None:
-            completion_ids = completion_ids.to(model.device)
-            embeds = torch.cat([embeds, embed(completion_ids)], dim=1)  # [N, Lp + T, D]
-            mask = torch.cat([mask, torch.ones_like(completion_ids)], dim=1)
-        return embeds, mask
+        embeds, mask = self._prompt_embeds(model, [prompts[i] for i in used])  # [P, Lp, D], [P, Lp]
+        out = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        rows = gather_prefill(cache, used, row_prompt, model.device)  # [N]
+        return out.logits[:, -1][rows], mask[rows]
 
     def completion_logprobs(
         self,
@@ -212,12 +223,40 @@ class TinyLlavaAdapter(AdapterCommon):
         model: TinyLlavaVideoForConditionalGeneration | None = None,
     ) -> torch.Tensor:
         """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy), each row
-        after its prompt with the video embedded by that model's own tower and connector."""
+        after its prompt with the video embedded by that model's own tower and connector.
+
+        The prompts run once each (`_prefill`), then the completion tokens of all rows in one forward."""
         model = model or self.model
-        embeds, mask = self._rows(model, prompts, row_prompt, completion_ids)
-        t = completion_ids.shape[1]
-        logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=t + 1, use_cache=False).logits
-        return completion_logprobs_from_logits(logits, completion_ids)  # [N, T]
+        if drops_kv_cache(model):
+            return self._completion_logprobs_per_row(model, prompts, row_prompt, completion_ids)
+        completion_ids = completion_ids.to(model.device)
+        cache = DynamicCache()
+        first, attention = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp]
+
+        def forward(inputs: torch.Tensor) -> torch.Tensor:  # [N, T-1] -> [N, T-1, V]
+            mask = torch.cat([attention, torch.ones_like(inputs)], dim=1)  # [N, Lp + T-1]
+            return model(input_ids=inputs, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+
+        return logprobs_after_prefill(first, completion_ids, forward)
+
+    def _completion_logprobs_per_row(
+        self,
+        model: TinyLlavaVideoForConditionalGeneration,
+        prompts: list[EncodedPrompt],
+        row_prompt: list[int],
+        completion_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """`completion_logprobs` with every row carrying its whole prompt through the LM, in one forward without a
+        KV cache: the path for a training forward under gradient checkpointing (video still once per prompt)."""
+        used = sorted(set(row_prompt))
+        embeds, mask = self._prompt_embeds(model, [prompts[i] for i in used])  # [P, Lp, D], [P, Lp]
+        rows = torch.tensor([used.index(i) for i in row_prompt], device=model.device)  # [N]
+        completion_ids = completion_ids.to(model.device)  # [N, T]
+        embeds = torch.cat([embeds[rows], model.get_input_embeddings()(completion_ids)], dim=1)  # [N, Lp + T, D]
+        mask = torch.cat([mask[rows], torch.ones_like(completion_ids)], dim=1)  # [N, Lp + T]
+        logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=completion_ids.shape[1] + 1,
+                       use_cache=False).logits  # [N, T + 1, V]
+        return completion_logprobs_from_logits(logits, completion_ids)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -229,21 +268,20 @@ class TinyLlavaAdapter(AdapterCommon):
         *,
         generator: torch.Generator | None = None,
     ) -> Completions:
-        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one KV-cached batch."""
+        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one KV-cached batch;
+        each prompt is prefilled once."""
         model = self.model
-        embeds, attention = self._rows(model, prompts, row_prompt)
         cache = DynamicCache()
+        first, attention = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp]
 
         def step(tokens: torch.Tensor | None) -> torch.Tensor:
             nonlocal attention
             if tokens is None:
-                out = model(inputs_embeds=embeds, attention_mask=attention, past_key_values=cache, use_cache=True,
-                             logits_to_keep=1)
-            else:
-                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L + 1]
-                out = model(input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention,
-                            past_key_values=cache, use_cache=True)
-            return out.logits[:, -1]
+                return first
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L + 1]
+            out = model(input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention,
+                        past_key_values=cache, use_cache=True)
+            return out.logits[:, -1]  # [N, V]
 
         return sample_completions(step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
                                   generator=generator)
