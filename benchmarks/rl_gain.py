@@ -1,7 +1,8 @@
 """The RL stage's own gain on the synthetic temporal task, over several seeds: the demo pipeline (synthetic
 clips -> tiny Qwen2.5-VL -> SFT cold start -> T-GRPO) per seed, with 300 held-out clips per task, reporting
 held-out accuracy of the SFT checkpoint and of the RL model (greedy, and sampled at temperature 1 - the policy
-RL trains) and the mean training reward of the first and last fifth of the RL steps.
+RL trains) and the mean training reward of the first and last fifth of the RL steps. The sampled accuracies of the
+SFT and RL models are compared item by item (McNemar's test on the items only one of them answers right).
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.rl_gain --seeds 0 1 2 --out runs/rl_gain [key=value ...]
 """
@@ -9,10 +10,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
 from framethink.demo import run_demo
+from framethink.eval.predictions import read_predictions
+from framethink.eval.scoring import score_output
+
+
+def correct_by_item(run: Path) -> dict[str, bool]:
+    """Item id -> answered right, from a sampled evaluation's ordered-frame predictions."""
+    lines = read_predictions(run / "ordered" / "predictions.jsonl").lines
+    return {r["id"]: score_output(r["output"], r["answer"], r["problem_type"]).score == 1.0 for r in lines}
+
+
+def mcnemar_z(gained: int, lost: int) -> float:
+    """McNemar's z for `gained` items right only after a change against `lost` right only before it."""
+    return (gained - lost) / math.sqrt(gained + lost) if gained + lost else 0.0
+
+
+def paired_change(before: dict[str, bool], after: dict[str, bool]) -> dict[str, float]:
+    """Items only `after` gets right, items only `before` gets right, and McNemar's z of the difference."""
+    gained = sum(after[k] and not before[k] for k in before)
+    lost = sum(before[k] and not after[k] for k in before)
+    return {"gained": gained, "lost": lost, "z": mcnemar_z(gained, lost)}
 
 
 def main() -> None:
@@ -26,8 +48,13 @@ def main() -> None:
     for seed in args.seeds:
         report = run_demo(args.out / f"seed{seed}", seed=seed,
                           overrides=[f"data.test_per_task={args.test_per_task}", *args.overrides])
+        seed_dir = args.out / f"seed{seed}"
+        pairs = paired_change(correct_by_item(seed_dir / "eval-sft-sampled"), correct_by_item(seed_dir / "eval-rl-sampled"))
         rows.append({
             "seed": seed,
+            "sampled_items_gained": pairs["gained"],
+            "sampled_items_lost": pairs["lost"],
+            "mcnemar_z": pairs["z"],
             "greedy_temporal_sft": report["temporal_ordered"]["sft"],
             "greedy_temporal_rl": report["temporal_ordered"]["rl"],
             "sampled_all_sft": report["sampled_mean"]["sft"],
@@ -36,7 +63,10 @@ def main() -> None:
             "reward_last": report["rl_reward_last"],
         })
     summary = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if key != "seed"}
-    result = {"test_per_task": args.test_per_task, "overrides": args.overrides, "seeds": rows, "mean": summary}
+    gained, lost = sum(r["sampled_items_gained"] for r in rows), sum(r["sampled_items_lost"] for r in rows)
+    pooled = {"gained": gained, "lost": lost, "mcnemar_z": mcnemar_z(gained, lost)}
+    result = {"test_per_task": args.test_per_task, "overrides": args.overrides, "seeds": rows, "mean": summary,
+              "sampled_pooled_over_seeds": pooled}
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

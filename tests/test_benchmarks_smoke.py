@@ -115,3 +115,13 @@ def test_per_row_and_no_reuse_adapters_give_framethinks_numbers(tmp_path: Path, 
     lp, t = max(p.inputs["input_ids"].shape[1] for p in prompts), done.tokens.shape[1]
     assert shapes == [(6, lp + t), (3, lp), (6, t - 1)]  # per row: whole rows; framethink: 3 prompts, then tokens
 
+
+
+def test_rl_gain_pairs_items_for_mcnemar():
+    from benchmarks.rl_gain import mcnemar_z, paired_change
+
+    before = {"a": True, "b": False, "c": False, "d": True, "e": False}
+    after = {"a": True, "b": True, "c": True, "d": False, "e": False}
+    assert paired_change(before, after) == {"gained": 2, "lost": 1, "z": pytest.approx(1 / 3**0.5)}
+    assert mcnemar_z(41, 25) == pytest.approx(16 / 66**0.5)
+    assert mcnemar_z(0, 0) == 0.0
