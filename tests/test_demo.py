@@ -65,3 +65,13 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
     assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out
+
+
+def test_rl_choice_recipe_is_the_demo_with_the_choice_left_to_reward():
+    # the recipe BENCHMARKS.md's command reproduces with overrides of demo.yaml: the two must not drift apart
+    from framethink.demo import RECIPES, load_demo_config
+
+    overrides = ["sft.sft.answer=random", "sft.run.max_steps=1500", "rl.optim.lr=3.0e-4",
+                 "rl.optim.schedule=constant", "rl.run.max_steps=200"]
+    assert load_demo_config(RECIPES / "demo-rl-choice.yaml", []) == load_demo_config(None, overrides)
+    assert load_demo_config(None, []) != load_demo_config(None, overrides)
