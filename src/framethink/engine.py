@@ -578,8 +578,9 @@ class TrainingRun:
             return float(self.engine.get_global_grad_norm())
         average_gradients([p for p in self.params if not isinstance(p, DTensor)])
         norm = clip_gradients(self.params, self.config.optim.grad_clip)
-        for unit in fsdp_modules(self.adapter.model):  # the step updates the shards: no unit may keep a stale copy
-            unit.reshard()
+        if self.fsdp is not None:  # the step updates the shards: no unit may keep a stale copy
+            for unit in fsdp_modules(self.adapter.model):
+                unit.reshard()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
