@@ -266,3 +266,15 @@ def test_group_length_mismatch():
     with pytest.raises(ValueError, match="num_tokens"):
         CompletionGroup(completions=["a", "b"], num_tokens=[1], answer="A", problem_type="multiple choice",
                         options=[])
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+def test_tinyllava_strips_the_completion_first(variant):
+    # the released cold-start checkpoint answers " <think>..." after "ASSISTANT:"; the reference strips it
+    # (TinyLLaVA-Video-R1 tinyllava/train/tinyllava_trainer_reason.py, LLaVATrainer_Reason.compute_loss) before
+    # format_reward and accuracy_reward (tinyllava/train/train.py): format holds, LR = 600 / 1200 * 0.5
+    completion = " <think>" + "x" * 600 + "</think> <answer> C </answer>"
+    for text in (completion, "\n" + completion + "\n"):
+        out = get_reward("tinyllava")(group([text], "C"), variant=variant)
+        assert out.rewards == pytest.approx([1.75])
+        assert out.components["format"] == pytest.approx([0.75])

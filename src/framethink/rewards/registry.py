@@ -89,14 +89,23 @@ def length_bonus(group: CompletionGroup, *, omega: float = 0.2, l_min: int = 320
 
 def tinyllava(group: CompletionGroup, *, variant: str = "code", ml: int = 1200, r0: float = 0.5,
               r1: float = 0.5, r2: float = 1.0) -> RewardOutput:
-    """The whole TinyLLaVA-Video-R1 reward: accuracy, format-with-length and the total rule (SPEC 4.4).
+    """The whole TinyLLaVA-Video-R1 reward: accuracy, format-with-length and the total rule (docs/method.md,
+    "TinyLLaVA-Video-R1 reward").
+
+    Every rule reads the completion stripped of surrounding whitespace, as the reference does: its trainer
+    strips each decoded completion before calling the reward functions (TinyLLaVA-Video-R1,
+    tinyllava/train/tinyllava_trainer_reason.py, `LLaVATrainer_Reason.compute_loss`:
+    `completion.strip()`), and `format_reward` / `accuracy_reward` (tinyllava/train/train.py) then fullmatch
+    the format on that text. A completion starting with a space or newline (what the cold-start checkpoint
+    writes after "ASSISTANT:") therefore keeps its format and length reward.
 
     Components: `accuracy` (raw, in [0, 1]), `format` (FR = r0 + LR, or 0 if the format is broken),
     `length` (LR where the format holds, else 0).
     """
-    acc = _accuracies(group)
-    ok = [tinyllava_format(c) > 0 for c in group.completions]
-    length = [tinyllava_length_reward(c, ml=ml, r1=r1) if f else 0.0 for c, f in zip(group.completions, ok)]
+    stripped = [c.strip() for c in group.completions]
+    acc = [accuracy_reward(c, group.answer, group.problem_type) for c in stripped]
+    ok = [tinyllava_format(c) > 0 for c in stripped]
+    length = [tinyllava_length_reward(c, ml=ml, r1=r1) if f else 0.0 for c, f in zip(stripped, ok)]
     fmt = [r0 + lr if f else 0.0 for lr, f in zip(length, ok)]
     total = [tinyllava_total(a > CORRECT_THRESHOLD, fr, r0=r0, r1=r1, r2=r2, variant=variant)
              for a, fr in zip(acc, fmt)]
