@@ -106,9 +106,13 @@ class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | linear | constant (transformers' schedule formulas, docs/method.md)
+    # the schedule's horizon, separate from run.max_steps (a reference run may stop long before its schedule
+    # ends): in optimiser steps, or in epochs of the training file; neither = run.max_steps
+    schedule_steps: int | None = None
+    schedule_epochs: float | None = None
     warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0  # of the schedule's horizon
     grad_clip: float = 5.0
     prompts_per_step: int = 4  # per process
     grad_accum: int = 1
@@ -241,7 +245,7 @@ _CHOICES = {
     "data.frame_rule": ("qwen", "uniform"),
     "rl.algorithm": ("grpo", "tgrpo"),
     "rl.normalization": ("sequence", "constant", "token"),
-    "optim.schedule": ("cosine", "constant"),
+    "optim.schedule": ("cosine", "linear", "constant"),
     "sft.answer": ("gold", "mask", "random"),
 }
 REPORT_BACKENDS = ("tensorboard", "wandb", "none")
@@ -261,6 +265,13 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("rl.num_shuffled: T-GRPO needs at least 1 shuffled completion")
     if rl.beta < 0:
         raise ConfigError("rl.beta: must be >= 0")
+    optim = config.optim
+    if optim.schedule_steps is not None and optim.schedule_epochs is not None:
+        raise ConfigError("optim.schedule_steps and optim.schedule_epochs both set: the horizon is one of them")
+    if optim.schedule_steps is not None and optim.schedule_steps < 1:
+        raise ConfigError(f"optim.schedule_steps: must be >= 1, got {optim.schedule_steps}")
+    if optim.schedule_epochs is not None and optim.schedule_epochs <= 0:
+        raise ConfigError(f"optim.schedule_epochs: must be > 0, got {optim.schedule_epochs}")
     for backend in config.run.report_to:
         if backend not in REPORT_BACKENDS:
             raise ConfigError(f"run.report_to: {backend!r} is not one of {', '.join(REPORT_BACKENDS)}")

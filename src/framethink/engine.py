@@ -257,15 +257,34 @@ def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> tor
     )
 
 
+def schedule_horizon(config: TrainConfig, num_records: int, world: int) -> int:
+    """Steps of the learning-rate schedule (docs/method.md, "Learning-rate horizon"): `optim.schedule_steps`, or
+    `optim.schedule_epochs` epochs of `num_records` records counted as transformers' Trainer counts them with one
+    record per process and micro-batch (`ceil(epochs * (ceil(num_records / world) // prompts_per_step))`), or
+    else `run.max_steps`. A reference run that stopped early keeps its schedule's horizon, not its stopping step."""
+    optim = config.optim
+    if optim.schedule_steps is not None:
+        return optim.schedule_steps
+    if optim.schedule_epochs is not None:
+        per_epoch = max(1, math.ceil(num_records / world) // optim.prompts_per_step)
+        return math.ceil(optim.schedule_epochs * per_epoch)
+    return config.run.max_steps
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to zero (or constant)."""
+    """Linear warm-up from 0, then cosine or linear decay to 0 at `total_steps` (0 beyond it), or constant: the
+    factors of transformers' schedules (transformers/optimization.py, `_get_cosine_schedule_with_warmup_lr_lambda`,
+    `_get_linear_schedule_with_warmup_lr_lambda`), warm-up steps as `TrainingArguments.get_warmup_steps` counts
+    them, so a recipe reproduces a reference run's rate at every step."""
     warmup = optim.warmup_steps or math.ceil(optim.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return step / max(1, warmup)
         if optim.schedule == "constant":
             return 1.0
+        if optim.schedule == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -672,10 +691,12 @@ def unsharded(model: torch.nn.Module, reshard_after_forward: bool):
             unit.reshard()
 
 
-def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False) -> TrainingRun:
+def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False,
+              num_records: int | None = None) -> TrainingRun:
     """Load the model through its adapter, keep a frozen copy of it as the reference model when asked, apply
     freezing / LoRA / gradient checkpointing, shard the policy under FSDP, build the optimiser and schedule, and
-    restore the newest complete checkpoint when resuming (the reference stays the initial policy)."""
+    restore the newest complete checkpoint when resuming (the reference stays the initial policy). `num_records`
+    (the training file's size) sets the schedule's horizon under `optim.schedule_epochs`."""
     plugin = fsdp_plugin(accelerator)
     out = prepare_run_dir(config, accelerator)
     adapter = build_adapter(config, str(accelerator.device))
@@ -693,7 +714,9 @@ def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, re
         engine, optimizer = prepare_deepspeed(accelerator, adapter.model, optimizer, config)
         if reference and zero3:
             reference_model = deepspeed_reference(config, accelerator)
-    scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
+    if config.optim.schedule_epochs is not None and num_records is None:
+        raise ConfigError("optim.schedule_epochs: the schedule's horizon needs the number of training records")
+    scheduler = build_scheduler(optimizer, config.optim, schedule_horizon(config, num_records or 0, process_count()))
     generator = torch.Generator().manual_seed(config.run.seed * 1000 + process_rank())
     start_step = 0
     if resume and (ckpt := latest_checkpoint(out)) is not None:

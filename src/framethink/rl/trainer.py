@@ -69,7 +69,7 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
     seed_everything(config.run.seed + process_rank())
     records = load_records(config.data.train_file, root=config.data.root)  # a bad record stops here, before any model
     check_engine_settings(config, records, accelerator)
-    run = start_run(config, accelerator, resume=resume, reference=config.rl.beta > 0)  # beta 0: no reference model (SPEC 5)
+    run = start_run(config, accelerator, resume=resume, reference=config.rl.beta > 0, num_records=len(records))  # beta 0: no reference model (SPEC 5)
     adapter, rl, ref_model = run.adapter, config.rl, run.reference
 
     for step in (bar := run.steps("rl", quiet)):

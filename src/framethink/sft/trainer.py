@@ -92,7 +92,7 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     missing = [r.origin for r in records if r.cot is None]
     if missing:
         raise ConfigError(f"{len(missing)} SFT records have no <think> process, first: {missing[0]}")
-    run = start_run(config, accelerator, resume=resume)
+    run = start_run(config, accelerator, resume=resume, num_records=len(records))
     adapter = run.adapter
 
     adapter.model.train()
