@@ -10,7 +10,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from framethink.data.prompts import sft_target
-from framethink.errors import ConfigError
+from framethink.errors import DataError
 from framethink.models.mrope import mrope_position_ids
 from framethink.models.qwen_vl import load_qwen_vl_adapter
 from framethink.sft.trainer import build_target, sft_loss, train_sft
@@ -79,7 +79,7 @@ def test_answer_modes(adapter, synth_records):
     assert set(letters) <= {"A", "B", "C", "D"} and len(set(letters)) > 1  # a valid letter, not the gold one alone
 
     numerical = replace(record, problem_type="numerical", options=[], answer="3", solution="<answer>3</answer>")
-    with pytest.raises(ConfigError, match="multiple-choice"):
+    with pytest.raises(DataError, match="options.*multiple-choice"):
         build_target(adapter, numerical, "random", random.Random(0))
 
 
@@ -102,3 +102,20 @@ def test_sft_run_lowers_the_loss_and_exports(recipe, tiny_qwen25_vl_dir, synth_r
     vision = [k for k in before if k.startswith("model.visual.") and ".merger." not in k]
     assert all(torch.equal(before[k], after[k]) for k in vision)
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_target_is_tokenised_whole_and_masks_exactly_the_answer_tokens(adapter, synth_records):
+    # "<answer> E </answer>": in one piece the tokenizer writes "<answer>", " E", " ", "</answer>"; cut around the
+    # answer it would write "<answer>", " ", "E", " ", "</answer>", a split the model never produces itself
+    record = replace(synth_records[0], answer="E", solution="<answer> E </answer>")
+    whole = _ids(adapter, sft_target(record))
+    assert [adapter.tokenizer.decode([i]) for i in whole[-4:]] == ["<answer>", " E", " ", "</answer>"]
+    for mode in ("gold", "mask"):
+        target = build_target(adapter, record, mode, random.Random(0))
+        assert target.ids.tolist() == whole + [adapter.end_of_turn_id]
+    masked = build_target(adapter, record, "mask", random.Random(0)).weights.tolist()
+    assert masked == [1.0] * (len(whole) - 3) + [0.0, 1.0, 1.0, 1.0]  # " E" out of the loss, the rest in
+    target = build_target(adapter, record, "random", random.Random(0))
+    letter = target.ids.tolist()[len(whole) - 3]
+    assert adapter.tokenizer.decode([letter]) in {" A", " B", " C", " D"}  # the drawn letter, one token with its space
+    assert target.ids.tolist() == _ids(adapter, sft_target(record).replace(" E ", adapter.tokenizer.decode([letter]) + " ")) + [adapter.end_of_turn_id]

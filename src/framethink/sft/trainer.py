@@ -30,7 +30,7 @@ from framethink.engine import (
     seed_everything,
     start_run,
 )
-from framethink.errors import ConfigError
+from framethink.errors import ConfigError, DataError
 
 ANSWER = re.compile(r"(<answer>\s*)(.*?)(\s*</answer>)", re.DOTALL)
 
@@ -49,24 +49,37 @@ def mentioned_letters(record: Record) -> list[str]:
     return letters or record.option_letters()
 
 
+def _record_error(record: Record, field: str, reason: str) -> DataError:
+    file, _, where = record.origin.rpartition(":")
+    return DataError(file or record.id, where, field, reason)
+
+
 def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Target:
-    """Tokenise `process + "\\n" + solution` in three pieces (before, inside and after the answer) so the
-    answer tokens can be masked or replaced."""
+    """Tokenise the assistant text `process + "\n" + solution` in one piece, as the model would write it, and
+    weight its tokens by `mode`.
+
+    Tokenising in pieces around the answer would give splits the model never produces ("> E </" as ">", " ",
+    "E", " </" instead of ">", " E", " </"). The answer's tokens are found instead from the tokenizer's character
+    offsets: every token overlapping the answer's characters (" E", with the space it carries) is an answer
+    token, which `mask` keeps out of the loss. `random` writes the drawn letter into the text before tokenising.
+    """
     text = sft_target(record)
     match = ANSWER.search(text)
     if match is None:
-        raise ConfigError(f"{record.origin}: SFT target has no <answer> tag")
-    answer = match.group(2)
+        raise _record_error(record, "solution", "the SFT target has no <answer> tag")
+    start, end = match.span(2)
     if mode == "random":
         if not record.options:
-            raise ConfigError(f"{record.origin}: sft.answer=random needs multiple-choice records")
+            raise _record_error(record, "options", "sft.answer=random needs multiple-choice records (options)")
         answer = rng.choice(mentioned_letters(record))
-    pieces = [text[: match.start(2)], answer, text[match.end(2):]]
-    ids = [adapter.tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
-    weight = [1.0, 0.0 if mode == "mask" else 1.0, 1.0]
-    tokens = ids[0] + ids[1] + ids[2] + [adapter.end_of_turn_id]
-    weights = [weight[0]] * len(ids[0]) + [weight[1]] * len(ids[1]) + [weight[2]] * (len(ids[2]) + 1)
-    return Target(torch.tensor(tokens), torch.tensor(weights))
+        text, end = text[:start] + answer + text[end:], start + len(answer)
+    if not adapter.tokenizer.is_fast:
+        raise ConfigError("SFT needs a fast tokenizer (character offsets locate the answer tokens)")
+    encoded = adapter.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    in_answer = [a < end and b > start for a, b in encoded["offset_mapping"]]
+    answer_weight = 0.0 if mode == "mask" else 1.0
+    weights = [answer_weight if inside else 1.0 for inside in in_answer] + [1.0]  # + the end-of-turn token
+    return Target(torch.tensor(encoded["input_ids"] + [adapter.end_of_turn_id]), torch.tensor(weights))
 
 
 def sft_loss(adapter, prompts, targets: list[Target]) -> torch.Tensor:
@@ -89,9 +102,10 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     seed_everything(config.run.seed + process_rank())
     records = load_records(config.sft.train_file, root=config.data.root)
     check_engine_settings(config, records, accelerator)
-    missing = [r.origin for r in records if r.cot is None]
+    missing = [r for r in records if r.cot is None]
     if missing:
-        raise ConfigError(f"{len(missing)} SFT records have no <think> process, first: {missing[0]}")
+        raise _record_error(missing[0], "process", f"an SFT record needs a <think> process ({len(missing)} records "
+                                                   "lack one; this is the first)")
     run = start_run(config, accelerator, resume=resume, num_records=len(records))
     adapter = run.adapter
 
