@@ -6,6 +6,7 @@ hides every model-specific detail, so that no loop ever branches on the model ty
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -60,8 +61,10 @@ class PolicyAdapter(Protocol):
         ...
 
     def generate(self, prompts: list[EncodedPrompt], row_prompt: list[int], decoding: Decoding, *,
-                 generator: torch.Generator | None = None) -> Any:
-        """Sample one completion per row in ONE batched call -> `framethink.models.sampling.Completions`."""
+                 generator: torch.Generator | None = None,
+                 on_token: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Any:
+        """Sample one completion per row in ONE batched call -> `framethink.models.sampling.Completions`;
+        `on_token(tokens [N], live [N])` sees each sampled column as it is drawn (streaming)."""
         ...
 
     def decode(self, completions: Any) -> list[str]:

@@ -21,6 +21,11 @@ from transformers import DynamicCache
 from framethink.models.adapter import Decoding
 
 
+# Called with each sampled column: tokens [N] and which rows were still generating ([N] bool; a row's EOS is the
+# last token it is called live with, pad_id follows).
+TokenCallback = Callable[[torch.Tensor, torch.Tensor], None]
+
+
 @dataclass
 class Completions:
     tokens: torch.Tensor  # [N, T] completion ids; pad_id after EOS
@@ -66,8 +71,10 @@ def sample_completions(
     pad_id: int,
     suppress_ids: Sequence[int] = (),
     generator: torch.Generator | None = None,
+    on_token: TokenCallback | None = None,
 ) -> Completions:
-    """Sample up to `decoding.max_new_tokens` tokens for `num_rows` rows in lock step."""
+    """Sample up to `decoding.max_new_tokens` tokens for `num_rows` rows in lock step; `on_token`, when given,
+    sees each sampled column as it is drawn (streaming, `framethink.infer`)."""
     eos = torch.tensor(list(eos_ids))
     suppress = torch.tensor(list(suppress_ids), dtype=torch.long)
     finished = torch.zeros(num_rows, dtype=torch.bool)
@@ -85,6 +92,8 @@ def sample_completions(
         masks.append((~finished).float())
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
         tokens.append(next_tokens)
+        if on_token is not None:
+            on_token(next_tokens, ~finished)
         finished |= torch.isin(next_tokens, eos)
         if bool(finished.all()) or position + 1 == decoding.max_new_tokens:
             break
