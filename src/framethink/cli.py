@@ -9,11 +9,52 @@ from framethink.errors import FramethinkError
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from framethink.data.check import check_dataset
+    from framethink.data.check import run_check
+    from framethink.data.mediacache import open_cache
 
-    report = check_dataset(args.file, root=args.root)
-    print(report.render())
-    return 0 if report.ok else 1
+    cache = open_cache(args.cache, enabled=not args.no_cache)
+    return run_check(args.file, root=args.root, workers=args.workers, cache=cache, report_file=args.report)
+
+
+def _data_cot(args: argparse.Namespace) -> int:
+    from framethink.data.cot import cot_command, cot_config, parse_min_accuracy
+
+    config = cot_config(args.overrides, samples=args.samples, batch_size=args.batch_size,
+                        min_accuracy=parse_min_accuracy(args.min_accuracy) if args.min_accuracy else None)
+    return cot_command(args.input, args.out, root=args.root, model=args.model, endpoint=args.endpoint,
+                       served_model=args.served_model, config=config)
+
+
+def _data_mix(args: argparse.Namespace) -> int:
+    from framethink.data.mediacache import open_cache
+    from framethink.data.mix import build_mix
+
+    result = build_mix(args.spec, args.out, cache=open_cache(args.cache, enabled=not args.no_cache),
+                       workers=args.workers, progress=True)
+    print(result.render())
+    print(f"{len(result.removed)} records removed (duplicates, contamination): see the .removed.jsonl beside {args.out}")
+    return 0
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from framethink.data.mediacache import open_cache
+    from framethink.data.stats import dataset_stats, write_stats
+
+    stats = dataset_stats(args.file, root=args.root, cache=open_cache(args.cache, enabled=not args.no_cache),
+                          workers=args.workers, progress=True)
+    print(stats.render())
+    out = args.out or args.file.with_name(args.file.stem + ".stats")
+    print("wrote " + ", ".join(str(p) for p in write_stats(stats, out)))
+    return 0
+
+
+def _media_options(parser: argparse.ArgumentParser) -> None:
+    from framethink.data.mediacache import default_workers
+
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes reading media (default: the CPUs)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="media cache file (default: $XDG_CACHE_HOME/framethink/media.sqlite); unchanged files are skipped")
+    parser.add_argument("--no-cache", action="store_true", help="read every media file, keep nothing")
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -105,7 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="validate every record of a dataset file")
     check.add_argument("file", type=Path)
     check.add_argument("--root", type=Path, default=None, help="data root media paths resolve against (default: the file's folder)")
+    check.add_argument("--report", type=Path, default=None, help="write every bad record here as JSON lines")
+    _media_options(check)
     check.set_defaults(func=_data_check)
+    cot = data.add_parser("cot", help="chain-of-thought annotation by a teacher, kept by the reward rules (resumable)")
+    cot.add_argument("--in", dest="input", type=Path, required=True, help="records to annotate")
+    cot.add_argument("--out", type=Path, required=True, help="the kept records, in the CoT format `train sft` reads")
+    cot.add_argument("--root", type=Path, default=None, help="data root media paths resolve against (default: the input's folder)")
+    cot.add_argument("--model", type=Path, default=None, help="teacher checkpoint folder (any model framethink loads)")
+    cot.add_argument("--endpoint", default=None, help="teacher as an OpenAI-compatible server, e.g. http://host:8000/v1")
+    cot.add_argument("--served-model", default=None, help="the model name the endpoint serves")
+    cot.add_argument("--samples", type=int, default=None, help="outputs per record; the best passing one is kept (default 1)")
+    cot.add_argument("--batch-size", type=int, default=None, help="records per generate call or requests in flight (default 8)")
+    cot.add_argument("--min-accuracy", action="append", default=[],
+                     help="accuracy an answer needs: a number for every type, or TYPE=VALUE[,TYPE=VALUE] (default 0.6)")
+    cot.add_argument("overrides", nargs="*", help="key=value settings, e.g. temperature=0.7 max_new_tokens=1024")
+    cot.set_defaults(func=_data_cot)
+    mix = data.add_parser("mix", help="one training file from several, by quotas, deduplicated and decontaminated")
+    mix.add_argument("--spec", type=Path, required=True, help="mix spec YAML (see recipes/mixes/)")
+    mix.add_argument("--out", type=Path, required=True)
+    _media_options(mix)
+    mix.set_defaults(func=_data_mix)
+    stats = data.add_parser("stats", help="durations, frames, resolutions and text lengths by source and type")
+    stats.add_argument("file", type=Path)
+    stats.add_argument("--root", type=Path, default=None, help="data root media paths resolve against (default: the file's folder)")
+    stats.add_argument("--out", type=Path, default=None, help="folder for stats.txt, stats.json, histograms.png (default: FILE's stem + .stats)")
+    _media_options(stats)
+    stats.set_defaults(func=_data_stats)
     synth = data.add_parser("synth", help="render the synthetic temporal video-QA dataset")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--train", type=int, default=2000)
