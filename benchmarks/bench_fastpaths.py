@@ -33,7 +33,7 @@ from benchmarks.common import (
     stats, timed, write_video_records,
 )
 from framethink.models.adapter import Decoding
-from framethink.models.qwen_vl import QwenVLAdapter
+from framethink.models.qwen_vl.adapter import QwenVLAdapter
 from framethink.models.sampling import draw_inverse_cdf
 from framethink.models.tiny import build_tiny
 

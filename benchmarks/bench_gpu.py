@@ -30,8 +30,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from benchmarks.common import FramethinkRun, print_result, rl_config, stats, write_clip
 from framethink.data.records import load_records
 from framethink.models.adapter import Decoding
-from framethink.models.qwen_vision import QwenVisionProcessor
-from framethink.models.qwen_vl import FrameRule, QwenVLAdapter
+from framethink.models.qwen_vl.inputs import QwenVisionProcessor
+from framethink.models.qwen_vl.adapter import FrameRule, QwenVLAdapter
 from framethink.models.tokenizer import build_offline_tokenizer
 
 VISION_7B_3B = {  # the same tower in both; only the merger's output width differs

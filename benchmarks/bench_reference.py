@@ -30,7 +30,7 @@ from benchmarks.common import (
     write_video_records,
 )
 from framethink.models.adapter import EncodedPrompt
-from framethink.models.qwen_vl import QwenVLAdapter
+from framethink.models.qwen_vl.adapter import QwenVLAdapter
 from framethink.models.sampling import Completions
 from framethink.models.tiny import build_tiny
 from framethink.rewards import accuracy_reward

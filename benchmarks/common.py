@@ -31,8 +31,8 @@ from framethink.engine import (
     trainable_parameters,
 )
 from framethink.models.adapter import EncodedPrompt
-from framethink.models.common import FrozenTowerCache
-from framethink.models.qwen_vl import QwenVLAdapter
+from framethink.models.base import CACHE_ARGUMENT, FrozenTowerCache, Prefill
+from framethink.models.qwen_vl.adapter import QwenVLAdapter
 from framethink.rl.rollout import Rollout, collect_rollout
 from framethink.rl.trainer import policy_update, reference_logprobs
 
@@ -136,11 +136,11 @@ class PerRowAdapter(QwenVLAdapter):
     The vision encoder still runs once per prompt batch."""
 
     def _prefill(self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int],
-                 cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 cache: DynamicCache) -> Prefill:
         packed = self.pack(model, prompts, row_prompt)  # [N, Lp]: one row per completion
-        out = model(inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
-                    position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], packed.attention_mask, packed.position_ids.amax(-1, keepdim=True)
+        logits = self._forward(model, packed, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1)
+        return Prefill(logits=logits[:, -1], attention_mask=packed.attention_mask,
+                       last_positions=packed.last_positions())
 
     def completion_logprobs(self, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor,
                             *, model: PreTrainedModel | None = None) -> torch.Tensor:

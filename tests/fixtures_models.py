@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from framethink.models.loader import load_qwen_vl
-from framethink.models.qwen_vision import QwenVisionProcessor
+from framethink.models.qwen_vl.loader import load_qwen_vl
+from framethink.models.qwen_vl.inputs import QwenVisionProcessor
 from framethink.models.tiny import build_tiny
 from framethink.models.tokenizer import build_offline_tokenizer
 

@@ -17,7 +17,7 @@ from PIL import Image
 from framethink.config import TrainConfig, load_config
 from framethink.data.records import Record, load_records
 from framethink.data.synth import write_synthetic_dataset
-from framethink.models.qwen_vl import QwenVLAdapter, load_qwen_vl_adapter
+from framethink.models.qwen_vl.adapter import QwenVLAdapter, load_qwen_vl_adapter
 
 TINY_RL = (
     "rl.num_generations=4",

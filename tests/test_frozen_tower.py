@@ -1,4 +1,4 @@
-"""Frozen-tower reuse (framethink.models.common): with the vision tower frozen its output for a prompt is computed
+"""Frozen-tower reuse (framethink.models.base): with the vision tower frozen its output for a prompt is computed
 once per step and only the connector runs again, for the policy and the reference model; the log-probs and the
 connector's gradients are those of the computation without reuse; a trainable tower (or LoRA modules in it)
 gets no reuse and its gradients; a reference tower whose weights differ, or a policy tower changed in place,
@@ -19,8 +19,8 @@ from framethink.data.records import load_records
 from framethink.data.synth import write_synthetic_dataset
 from framethink.engine import set_trainable
 from framethink.models.adapter import Decoding
-from framethink.models.common import FrozenTowerCache
-from framethink.models.qwen_vl import load_qwen_vl_adapter
+from framethink.models.base import FrozenTowerCache
+from framethink.models.qwen_vl.adapter import load_qwen_vl_adapter
 from framethink.models.registry import load_adapter
 from framethink.models.tiny import build_tiny
 from framethink.rl.trainer import train_rl

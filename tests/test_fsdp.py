@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from framethink.config import save_config
 from framethink.engine import apply_lora, check_engine_settings
 from framethink.errors import ConfigError
-from framethink.models.qwen_vl import load_qwen_vl_adapter
+from framethink.models.qwen_vl.adapter import load_qwen_vl_adapter
 from framethink.models.tiny import build_tiny
 
 pytest_plugins = ["fixtures_training"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framethink.models.mrope import mrope_position_ids
+from framethink.models.qwen_vl.mrope import mrope_position_ids
 
 TEXT, IMAGE, VIDEO = 0, 1, 2
 

@@ -18,7 +18,7 @@ from framethink.data.records import load_records
 from framethink.data.video import sample_frames
 from framethink.errors import ConfigError
 from framethink.models.adapter import Decoding
-from framethink.models.qwen_vl import load_qwen_vl_adapter
+from framethink.models.qwen_vl.adapter import load_qwen_vl_adapter
 from framethink.models.sampling import sample_completions
 from framethink.rl.trainer import train_rl
 

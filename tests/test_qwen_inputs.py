@@ -12,8 +12,8 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from framethink.errors import ConfigError
-from framethink.models.qwen_vision import QwenVisionProcessor, build_qwen_inputs
-from framethink.models.tiny import TINY_IMAGE_PIXELS, TINY_VIDEO_PIXELS
+from framethink.models.qwen_vl.inputs import QwenVisionProcessor, build_qwen_inputs
+from framethink.models.qwen_vl.tiny import TINY_IMAGE_PIXELS, TINY_VIDEO_PIXELS
 
 # Video-R1 training budgets (SPEC 2.2): image 4..256 * 28*28, video max 128 * 28*28.
 VIDEO_R1_TRAIN = dict(image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28, video_max_pixels=128 * 28 * 28)

@@ -11,8 +11,8 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from framethink.data.prompts import sft_target
 from framethink.errors import DataError
-from framethink.models.mrope import mrope_position_ids
-from framethink.models.qwen_vl import load_qwen_vl_adapter
+from framethink.models.qwen_vl.mrope import mrope_position_ids
+from framethink.models.qwen_vl.adapter import load_qwen_vl_adapter
 from framethink.sft.trainer import build_target, sft_loss, train_sft
 
 pytest_plugins = ["fixtures_training"]

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from framethink.errors import ConfigError
-from framethink.models.loader import load_qwen_vl
-from framethink.models.qwen_vision import build_qwen_inputs
-from framethink.models.tiny import build_tiny, mrope_section
+from framethink.models.qwen_vl.loader import load_qwen_vl
+from framethink.models.qwen_vl.inputs import build_qwen_inputs
+from framethink.models.qwen_vl.tiny import mrope_section
+from framethink.models.tiny import build_tiny
 from framethink.models.tokenizer import QWEN_SPECIAL_TOKENS, REASONING_TAGS, build_offline_tokenizer
 
 ARCH_CLASSES = {"qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration", "qwen2-vl": "Qwen2VLForConditionalGeneration"}

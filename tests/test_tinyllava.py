@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, SiglipImageProcessor
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from framethink.errors import ConfigError
-from framethink.models.siglip_frames import preprocess_siglip_frames
-from framethink.models.tinyllava import (
+from framethink.models.tinyllava.inputs import preprocess_siglip_frames
+from framethink.models.tinyllava.modeling import (
     CONNECTOR_TYPES,
     CONNECTORS,
     IGNORE_INDEX,
@@ -27,7 +27,7 @@ from framethink.models.tinyllava import (
     build_tinyllava_prompt_ids,
     sinusoidal_position_encoding,
 )
-from framethink.models.tinyllava_convert import (
+from framethink.models.tinyllava.convert import (
     CheckpointError,
     build_tiny_tinyllava,
     checkpoint_layout,

@@ -29,14 +29,14 @@ from framethink.eval.predictions import read_predictions
 from framethink.eval.runner import RunSettings, run_eval
 from framethink.models.adapter import Decoding
 from framethink.models.registry import load_adapter
-from framethink.models.siglip_frames import preprocess_siglip_frames
+from framethink.models.tinyllava.inputs import preprocess_siglip_frames
 from framethink.models.tiny import build_tiny
-from framethink.models.tinyllava import (
+from framethink.models.tinyllava.modeling import (
     TINYLLAVA_SYSTEM,
     TinyLlavaVideoForConditionalGeneration,
 )
-from framethink.models.tinyllava_adapter import TinyLlavaAdapter
-from framethink.models.tinyllava_convert import build_tiny_tinyllava, load_tinyllava
+from framethink.models.tinyllava.adapter import TinyLlavaAdapter
+from framethink.models.tinyllava.convert import build_tiny_tinyllava, load_tinyllava
 from framethink.rl.trainer import train_rl
 from framethink.sft.trainer import build_target, sft_loss, train_sft
 

@@ -18,10 +18,10 @@ from framethink.data.video import (
     permute_frames,
     sample_frames,
     smart_nframes,
-    smart_resize,
     verify_media,
 )
 from framethink.errors import ConfigError, VideoDecodeError
+from framethink.models.qwen_vl.inputs import smart_resize
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,23 @@ def _model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TinyArchs:
+    """`--arch` choices: the model-family registry's tiny architectures, read only when the argument is checked or
+    its help is shown (importing the models is slow)."""
+
+    def __contains__(self, arch: object) -> bool:
+        from framethink.models.registry import tiny_archs
+
+        return arch in tiny_archs()
+
+    def __iter__(self):
+        from framethink.models.registry import tiny_archs
+
+        return iter(tiny_archs())
+
+
 def _model_convert(args: argparse.Namespace) -> int:
-    from framethink.models.tinyllava_convert import convert_released_checkpoint
+    from framethink.models.tinyllava.convert import convert_released_checkpoint
 
     out = convert_released_checkpoint(args.src, args.out, tokenizer_path=args.tokenizer)
     print(f"wrote {args.src} in framethink's layout to {out}")
@@ -187,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("tiny", help="write a randomly initialised tiny checkpoint in the real layout")
-    tiny.add_argument("--arch", required=True, choices=["qwen2.5-vl", "qwen2-vl", "tinyllava-video"])
+    tiny.add_argument("--arch", required=True, choices=_TinyArchs())
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_model_tiny)

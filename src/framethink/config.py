@@ -40,7 +40,7 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] | None = None  # None: the model family's targets (docs/models.md)
 
 
 @dataclass
@@ -65,10 +65,12 @@ class DataConfig:
     min_frames: int = 4
     max_frames: int = 16
     num_frames: int = 16
-    video_max_pixels: int | None = 128 * 28 * 28
+    # pixel bounds per frame / image; None: the checkpoint's processor configs. Only families that resize by pixel
+    # budget read them (Qwen-VL); set for another family they are an error (docs/models.md)
+    video_max_pixels: int | None = None
     video_min_pixels: int | None = None
-    image_max_pixels: int | None = 256 * 28 * 28
-    image_min_pixels: int | None = 4 * 28 * 28
+    image_max_pixels: int | None = None
+    image_min_pixels: int | None = None
     frame_cache_size: int = 256  # decoded clips kept in memory across epochs
     shuffle: bool = True
 

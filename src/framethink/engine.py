@@ -241,8 +241,11 @@ def apply_lora(model: torch.nn.Module, config: ModelConfig, seed: int):
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
+    from framethink.models.registry import lora_targets
+
     lora = config.lora
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+    targets = lora.target_modules or lora_targets(model)  # unset: the model family's
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LoraModel(model, peft_config, "default")

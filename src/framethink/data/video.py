@@ -20,7 +20,6 @@ from PIL import Image
 from framethink.errors import ConfigError, VideoDecodeError
 
 FRAME_FACTOR = 2  # Qwen-VL frame counts are even: temporal_patch_size is 2
-MAX_RATIO = 200  # Qwen-VL refuses images more elongated than this
 SAMPLING_RULES = ("qwen", "uniform")
 # Frame threads (FFmpeg's automatic count, from the cores this process may use) hand every frame from thread to
 # thread, ~20-30 us a frame. On 2 cores, for a 64x64 or 96x96 H.264 stream that is 40 % more CPU than decoding
@@ -180,28 +179,6 @@ def verify_media(path: str | Path, kind: str) -> None:
     with _decode_errors(path), av.open(str(path)) as container:
         if next(container.decode(container.streams.video[0]), None) is None:
             raise VideoDecodeError(path, "no frame could be decoded")
-
-
-def smart_resize(
-    height: int, width: int, *, factor: int = 28, min_pixels: int = 4 * 28 * 28, max_pixels: int = 16384 * 28 * 28
-) -> tuple[int, int]:
-    """Qwen2-VL's smart resize (SPEC 2.2), as transformers' `image_processing_qwen2_vl.smart_resize`:
-    H and W become multiples of `factor` near the original aspect ratio with H*W in [min_pixels, max_pixels].
-    """
-    ratio = max(height, width) / min(height, width)
-    if ratio > MAX_RATIO:
-        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {ratio}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def permute_frames(frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

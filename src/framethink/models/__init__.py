@@ -1,4 +1,5 @@
-"""Policy adapters and the loaders and builders of the models framethink trains."""
-from framethink.models.registry import load_adapter
+"""Policy adapters, one model family per folder, and the registry that maps a checkpoint's model_type to its family
+(docs/models.md)."""
+from framethink.models.registry import build_tiny, load_adapter
 
-__all__ = ["load_adapter"]
+__all__ = ["build_tiny", "load_adapter"]

@@ -16,7 +16,7 @@ from framethink.data.records import Record
 
 @dataclass(frozen=True)
 class Decoding:
-    """Sampling settings for generation (SPEC 5 and 7)."""
+    """Sampling settings for generation (docs/models.md)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0

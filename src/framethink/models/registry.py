@@ -1,9 +1,11 @@
-"""Load the policy adapter for any checkpoint framethink knows, chosen by its config.json `model_type`:
-Qwen2-VL / Qwen2.5-VL, or TinyLLaVA-Video in framethink's layout or the released one.
+"""The model-family registry: config.json `model_type` -> the family that loads, builds and trains it.
 
-A model exported by framethink also carries `framethink.json`: the prompt template, system message and
-frame rule it was trained with, so that evaluation uses them by default (SPEC 3: a model trained on a
-template must be evaluated with it).
+Each family lives in its own folder under `framethink.models` and is registered here by one entry in `FAMILIES`
+(docs/models.md, "Adding a family"). No other module names a model type: loading a checkpoint, building a tiny one
+(`framethink model tiny --arch`), the LoRA default targets and the settings a family accepts all go through here.
+
+A model exported by framethink also carries `framethink.json`: the prompt template, system message and frame rule it
+was trained with, so that evaluation uses them by default (a model trained on a template is evaluated with it).
 """
 from __future__ import annotations
 
@@ -13,16 +15,54 @@ from pathlib import Path
 
 import torch
 
-from framethink.errors import ConfigError
 from framethink.data.clips import FrameRule
-from framethink.models.qwen_vl import load_qwen_vl_adapter
-from framethink.models.tinyllava import TinyLlavaVideoConfig
-from framethink.models.tinyllava_adapter import TINYLLAVA_FRAMES, load_tinyllava_adapter
-from framethink.models.tinyllava_convert import RELEASED_MODEL_TYPE
+from framethink.errors import ConfigError
+from framethink.models.base import Family
+from framethink.models.qwen_vl.family import FAMILY as QWEN_VL
+from framethink.models.tinyllava.family import FAMILY as TINYLLAVA
 
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl")
-TINYLLAVA_TYPES = (TinyLlavaVideoConfig.model_type, RELEASED_MODEL_TYPE)
+FAMILIES: tuple[Family, ...] = (QWEN_VL, TINYLLAVA)
 TRAINING_FILE = "framethink.json"
+
+
+def _index(key: str) -> dict[str, Family]:
+    table: dict[str, Family] = {}
+    for family in FAMILIES:
+        for name in getattr(family, key):
+            if name in table:
+                raise RuntimeError(f"{key} {name!r} is registered by both {table[name].name} and {family.name}")
+            table[name] = family
+    return table
+
+
+BY_MODEL_TYPE = _index("model_types")
+BY_TINY_ARCH = _index("tiny_archs")
+
+
+def family_of(model_type: str, where: str | Path = "") -> Family:
+    """The family of a config.json `model_type`; ConfigError naming `where` and the known types if none."""
+    if model_type not in BY_MODEL_TYPE:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported (known: {', '.join(BY_MODEL_TYPE)})")
+    return BY_MODEL_TYPE[model_type]
+
+
+def tiny_archs() -> list[str]:
+    """Every `framethink model tiny --arch` name, family by family."""
+    return list(BY_TINY_ARCH)
+
+
+def build_tiny(arch: str, out: str | Path, *, seed: int = 0, **size_overrides: int) -> Path:
+    """Write a randomly initialised tiny checkpoint of `arch` (one of `tiny_archs()`) into `out`; returns `out`.
+    `size_overrides` are the family's tiny sizes (e.g. Qwen-VL's `hidden_size=64`); the same seed gives the same
+    weights."""
+    if arch not in BY_TINY_ARCH:
+        raise ConfigError(f"unknown tiny architecture '{arch}'; known: {', '.join(BY_TINY_ARCH)}")
+    return BY_TINY_ARCH[arch].build_tiny(arch, Path(out), seed=seed, **size_overrides)
+
+
+def lora_targets(model: torch.nn.Module) -> list[str] | str:
+    """What LoRA adapts in `model` when a recipe names no modules: its family's targets."""
+    return family_of(model.config.model_type, type(model).__name__).lora_targets
 
 
 def checkpoint_type(path: str | Path) -> str:
@@ -66,34 +106,31 @@ def load_adapter(
     device: str = "cpu",
     frame_cache_size: int = 256,
 ):
-    """The adapter for the checkpoint at `path`.
+    """The adapter for the checkpoint at `path`, from the family its config.json `model_type` names.
 
     Unset arguments fall back to what the checkpoint says: its `framethink.json` (template, system, frame rule)
-    and its processor configs (pixel bounds), then to the model type's defaults (Qwen-VL: the fps rule;
+    and its processor configs (pixel bounds), then to the family's defaults (Qwen-VL: the fps rule;
     TinyLLaVA-Video: 16 uniform frames). `num_frames` caps the frames per clip (evaluation's --frames);
-    `max_pixels` bounds each video frame. The pixel bounds are Qwen-VL's smart resize (SPEC 2.2):
-    TinyLLaVA-Video always resizes frames to its SigLIP image size (SPEC 2.3).
+    `max_pixels` (the recipe's `video_max_pixels`) bounds each video frame. A pixel bound the family does not read
+    (TinyLLaVA-Video resizes every frame to its SigLIP size) is refused with ConfigError naming the setting.
     """
     trained = read_training_settings(path)
     model_type = checkpoint_type(path)
-    frames = frames or trained.get("frames") or (TINYLLAVA_FRAMES if model_type in TINYLLAVA_TYPES else FrameRule())
+    family = family_of(model_type, path)
+    frames = frames or trained.get("frames") or family.default_frames
     if num_frames is not None:
         frames = replace(frames, max_frames=num_frames, num_frames=num_frames)
     system = system if system is not None else trained.get("system")
-    if model_type in TINYLLAVA_TYPES:
-        adapter = load_tinyllava_adapter(
-            path, frames=frames, dtype=dtype, device=device, system=system, frame_cache_size=frame_cache_size,
-        )
-    elif model_type in QWEN_TYPES:
-        bounds = dict(video_max_pixels=max_pixels, video_min_pixels=video_min_pixels,
-                      image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels)
-        adapter = load_qwen_vl_adapter(
-            path, frames=frames, vision_overrides={k: v for k, v in bounds.items() if v is not None}, dtype=dtype,
-            device=device, system=system, frame_cache_size=frame_cache_size,
-        )
-    else:
-        known = ", ".join(QWEN_TYPES + TINYLLAVA_TYPES)
-        raise ConfigError(f"{path}: model_type {model_type!r} is not supported (known: {known})")
+    pixels = {key: value for key, value in (("video_max_pixels", max_pixels), ("video_min_pixels", video_min_pixels),
+                                            ("image_max_pixels", image_max_pixels),
+                                            ("image_min_pixels", image_min_pixels)) if value is not None}
+    if refused := [key for key in pixels if key not in family.pixel_settings]:
+        settings = ", ".join(f"{key}={pixels[key]}" for key in refused)
+        known = ", ".join(family.pixel_settings) or "none"
+        raise ConfigError(f"{path}: {settings} does not apply to {family.name} (model_type {model_type!r}; "
+                          f"pixel settings it reads: {known}); remove it")
+    adapter = family.load(path, frames=frames, pixels=pixels, dtype=dtype, device=device, system=system,
+                          frame_cache_size=frame_cache_size)
     if template is not None or "template" in trained:
         adapter.default_template = template or trained["template"]
     return adapter

@@ -3,7 +3,7 @@
 The adapter supplies `step`: called once with `None` it runs the prefill and returns the logits at the
 last prompt position; then it is called with each new token column. The loop only samples: it applies
 temperature / top-p, suppresses the vision special tokens (a completion holding one breaks every later
-forward, ENVIRONMENT.md), draws on the logits' device by inverse CDF, and masks every row up to and
+forward, docs/models.md), draws on the logits' device by inverse CDF, and masks every row up to and
 including its EOS.
 
 It also holds the log-prob pieces every adapter shares, prefix sharing among them: each distinct prompt of a
@@ -51,7 +51,7 @@ def draw_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = No
     """One token per row of `probs` [N, V] (non-negative, any positive total) -> [N], on `probs`' device.
 
     One uniform u per row from the CPU `generator`; the token is the first index whose cumulative probability
-    exceeds u * total: exactly the categorical distribution (SPEC 5 sampling), from N random numbers, where
+    exceeds u * total: exactly the categorical distribution (docs/models.md), from N random numbers, where
     `torch.multinomial` with a CPU generator needs the probabilities on the CPU and draws N * V numbers there.
     """
     # u <= 1 - 2^-53, and such a product u * total rounds strictly below the total: the first index past it

@@ -1,4 +1,4 @@
-"""TinyLLaVA-Video checkpoints: the released layout, loading, conversion and tiny builds (SPEC 2.3).
+"""TinyLLaVA-Video checkpoints: the released layout, loading, conversion and tiny builds (docs/models.md).
 
 A released checkpoint (TinyLLaVA_Factory) has `model_type "tinyllava"`, nested `text_config` /
 `vision_config`, no `auto_map`, and full-model safetensors named after the reference's module
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from framethink.errors import ConfigError, FramethinkError
-from framethink.models.tinyllava import (
+from framethink.models.tinyllava.modeling import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
     TinyLlavaVideoConfig,
@@ -38,7 +38,7 @@ from framethink.models.tokenizer import build_offline_tokenizer
 
 RELEASED_MODEL_TYPE = "tinyllava"
 LAYOUTS = ("framethink", "released")
-EOS_PAD_TOKEN = "<|endoftext|>"  # TinyLLaVA-Video's eos and pad (SPEC 2.3)
+EOS_PAD_TOKEN = "<|endoftext|>"  # TinyLLaVA-Video's eos and pad (docs/models.md)
 
 # (released prefix, framethink prefix); "{i}" stands for a resampler block index. First match wins.
 KEY_RULES = (
@@ -121,7 +121,7 @@ def framethink_to_released_key(key: str) -> str:
 
 
 def config_from_released(raw: dict[str, Any], source: str | Path) -> TinyLlavaVideoConfig:
-    """A released `config.json` (model_type "tinyllava") -> framethink's config (SPEC 2.3).
+    """A released `config.json` (model_type "tinyllava") -> framethink's config (docs/models.md).
 
     Fields absent from the file take the reference config class's defaults; the placeholder id is
     always -200 (the reference ignores the stored value). Raises CheckpointError naming the field.

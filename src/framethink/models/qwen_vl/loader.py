@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from framethink.errors import ConfigError
-from framethink.models.qwen_vision import QwenVisionProcessor, read_json_object
+from framethink.models.qwen_vl.inputs import QwenVisionProcessor, read_json_object
 
 QWEN_VL_MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "qwen2_vl": Qwen2VLForConditionalGeneration,
@@ -32,7 +32,7 @@ def load_qwen_vl(
     """Model (in eval mode), tokenizer and vision processor of the checkpoint at `path`.
 
     The model class follows config.json's model_type (qwen2_vl or qwen2_5_vl); `vision_overrides` are
-    `QwenVisionProcessor` fields, e.g. `{"video_max_pixels": 128 * 28 * 28}` for Video-R1 training (SPEC 2.2).
+    `QwenVisionProcessor` fields, e.g. `{"video_max_pixels": 128 * 28 * 28}` for Video-R1 training (docs/models.md).
     Raises ConfigError for a missing directory or file, or an unknown model type.
     """
     path = Path(path)

@@ -1,63 +1,38 @@
-"""Policy adapter for Qwen2-VL and Qwen2.5-VL.
+"""Policy adapter for Qwen2-VL and Qwen2.5-VL (docs/models.md, Qwen-VL).
 
-Three things the reference trainers get wrong are done here, once, for every caller:
-- each prompt runs once per forward, whatever its number of rows (completions): the vision encoder runs once
-  over the batch's prompts, the LM runs each distinct prompt once (prefix sharing) and its KV cache is
-  gathered to the prompt's rows, and only the completion tokens run per row, in generation and in every
-  log-prob forward; while the vision tower is frozen it runs once per prompt per step, for the policy and the
-  reference model alike, and only the merger runs again in each forward (`framethink.models.common`);
+What is this family's own; the prefill / generate / log-prob machinery is `framethink.models.base`:
+- the vision encoder runs once over the batch's prompts per forward, and while the tower is frozen only the merger
+  runs again (frozen-tower reuse);
 - every forward gets 3-D M-RoPE positions computed from the grids and the fps-derived `second_per_grid_ts`
-  (transformers v5 silently falls back to 1-D positions without them, ENVIRONMENT.md); completion tokens
-  continue from their prompt's largest position + 1;
-- generation is one batched, KV-cached loop for all prompts, with the vision special tokens suppressed.
+  (transformers v5 silently falls back to 1-D positions without them) by the rule the released checkpoints were
+  trained with (`framethink.models.qwen_vl.mrope`); completion tokens continue from their prompt's largest
+  position + 1;
+- the vision special tokens are never sampled (a completion holding one breaks every later forward).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.vision_utils import get_vision_window_index
 
-from framethink.data.clips import ClipReader, FrameRule, check_frame_order
+from framethink.data.clips import FrameRule, check_frame_order
 from framethink.data.prompts import build_messages
 from framethink.data.records import Record
 from framethink.data.video import load_image
-from framethink.models.adapter import Decoding, EncodedPrompt
-from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
-from framethink.models.loader import load_qwen_vl
-from framethink.models.mrope import mrope_position_ids
-from framethink.models.qwen_vision import (
-    IMAGE_TOKEN,
-    VIDEO_TOKEN,
-    QwenVisionProcessor,
-    build_qwen_inputs,
-)
-from framethink.models.sampling import (
-    Completions,
-    completion_logprobs_from_logits,
-    drops_kv_cache,
-    gather_prefill,
-    logprobs_after_prefill,
-    sample_completions,
-)
+from framethink.models.adapter import EncodedPrompt
+from framethink.models.base import TOWER_CACHE_SIZE, AdapterBase, PackedRows
+from framethink.models.qwen_vl.inputs import IMAGE_TOKEN, VIDEO_TOKEN, QwenVisionProcessor, build_qwen_inputs
+from framethink.models.qwen_vl.loader import load_qwen_vl
+from framethink.models.qwen_vl.mrope import mrope_position_ids
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", IMAGE_TOKEN, VIDEO_TOKEN)
+QWEN_FRAMES = FrameRule()  # the fps rule of qwen-vl-utils: 2 fps, 4 to 16 frames (docs/models.md)
 
 
-@dataclass
-class PackedRows:
-    """Prompt rows (left-padded) followed by completion rows (right-padded), ready for the LM."""
-
-    inputs_embeds: torch.Tensor  # [N, L, D]
-    attention_mask: torch.Tensor  # [N, L]
-    position_ids: torch.Tensor  # [3, N, L] M-RoPE (time, height, width)
-    prompt_length: int  # Lp: columns before the first completion token
-
-
-class QwenVLAdapter(AdapterCommon):
+class QwenVLAdapter(AdapterBase):
     """Qwen2-VL / Qwen2.5-VL behind the `PolicyAdapter` interface."""
 
     default_template = "video-r1-eval"
@@ -68,24 +43,19 @@ class QwenVLAdapter(AdapterCommon):
         tokenizer: PreTrainedTokenizerBase,
         processor: QwenVisionProcessor,
         *,
-        frames: FrameRule = FrameRule(),
+        frames: FrameRule = QWEN_FRAMES,
         system: str | None = None,
         frame_cache_size: int = 256,
         tower_cache_size: int = TOWER_CACHE_SIZE,
         name: str = "",
     ) -> None:
-        """`tower_cache_size`: prompts whose frozen vision-tower output is kept across the forwards of a step
-        (`framethink.models.common`); 0 turns that reuse off."""
-        self.model, self.tokenizer, self.processor = model, tokenizer, processor
-        self.system, self.name = system, name
-        self.clips = ClipReader(frames, frame_cache_size)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        super().__init__(model, tokenizer, frames=frames, frame_cache_size=frame_cache_size,
+                         tower_cache_size=tower_cache_size, name=name)
+        self.processor, self.system = processor, system
         self.eos_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None})
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i is not None]
         self.tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", 1)
-        self.vision_encoder_calls = 0  # calls of the whole encoder (tower + merger), counted for the benchmarks
-        self.tower_cache = FrozenTowerCache(tower_cache_size)
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self, model: PreTrainedModel | None = None) -> dict[str, list[torch.nn.Parameter]]:
@@ -137,7 +107,7 @@ class QwenVLAdapter(AdapterCommon):
     def _vision_features(self, model: PreTrainedModel, prompts: list[EncodedPrompt], kind: str) -> list[torch.Tensor]:
         """Merged visual tokens per prompt ([n_tokens, D] each, empty for prompts without `kind`), from ONE
         vision-encoder call over the batch's prompts, or only the merger where the frozen tower's output is kept
-        (`AdapterCommon._encode_reusing_tower`)."""
+        (`AdapterBase._encode_reusing_tower`)."""
         pixels_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
         having = [i for i, p in enumerate(prompts) if pixels_key in p.inputs]
         features: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
@@ -176,35 +146,23 @@ class QwenVLAdapter(AdapterCommon):
         groups = tower.unflatten(0, (len(window), -1))  # [n_tokens, merge_size**2, C]
         return groups[torch.argsort(window).to(tower.device)].flatten(0, 1)  # [patches, C]
 
-    def pack(
-        self,
-        model: PreTrainedModel,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        completion_ids: torch.Tensor | None = None,
-    ) -> PackedRows:
-        """Embed rows `[left-pad, prompt(row_prompt[i]), completion_ids[i]]` with vision features scattered in.
-
-        Vision features are computed once per prompt and shared by all its rows.
-        """
+    def pack(self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int]) -> PackedRows:
+        """Embed rows `[left-pad, prompt(row_prompt[i])]` with vision features scattered in, with their M-RoPE
+        positions [3, N, Lp]. Vision features are computed once per prompt and shared by all its rows."""
         device = model.device
         n = len(row_prompt)
-        t = 0 if completion_ids is None else completion_ids.shape[1]
         lp = max(prompts[i].inputs["input_ids"].shape[1] for i in set(row_prompt))
-        input_ids = torch.full((n, lp + t), self.pad_id, dtype=torch.long)  # [N, L]
-        attention = torch.zeros((n, lp + t), dtype=torch.long)
-        types = torch.zeros((n, lp + t), dtype=torch.long)  # completion tokens are text (0)
+        input_ids = torch.full((n, lp), self.pad_id, dtype=torch.long)  # [N, Lp]
+        attention = torch.zeros((n, lp), dtype=torch.long)
+        types = torch.zeros((n, lp), dtype=torch.long)
         for row, i in enumerate(row_prompt):
             ids = prompts[i].inputs["input_ids"][0]
-            input_ids[row, lp - len(ids):lp] = ids
-            attention[row, lp - len(ids):lp] = 1
-            types[row, lp - len(ids):lp] = prompts[i].inputs["mm_token_type_ids"][0]
-        if completion_ids is not None:
-            input_ids[:, lp:] = completion_ids
-            attention[:, lp:] = 1
+            input_ids[row, lp - len(ids):] = ids
+            attention[row, lp - len(ids):] = 1
+            types[row, lp - len(ids):] = prompts[i].inputs["mm_token_type_ids"][0]
         input_ids, attention, types = input_ids.to(device), attention.to(device), types.to(device)
 
-        embeds = model.get_input_embeddings()(input_ids)  # [N, L, D]
+        embeds = model.get_input_embeddings()(input_ids)  # [N, Lp, D]
         for kind, type_id in (("image", 1), ("video", 2)):
             features = self._vision_features(model, prompts, kind)
             rows = [features[i] for i in row_prompt if features[i].numel()]
@@ -215,7 +173,7 @@ class QwenVLAdapter(AdapterCommon):
         positions = mrope_position_ids(
             types.cpu(), attention.cpu(), [blocks[i][0] for i in row_prompt], [blocks[i][1] for i in row_prompt],
             merge_size=self.processor.merge_size,
-        ).to(device)  # [3, N, L]
+        ).to(device)  # [3, N, Lp]
         return PackedRows(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, prompt_length=lp)
 
     def _row_blocks(self, prompt: EncodedPrompt) -> tuple[list[torch.Tensor], list[float]]:
@@ -232,106 +190,11 @@ class QwenVLAdapter(AdapterCommon):
             return grids, [1.0] * len(grids)
         return [], []
 
-    def _prefill(
-        self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int], cache: DynamicCache
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run each distinct prompt of the rows through `model` once and gather its KV cache in `cache` to its rows.
-
-        -> (logits [N, V] at each row's last prompt position, the rows' prompt attention mask [N, Lp], each row's
-        largest prompt position [3, N, 1], from which its completion continues).
-        """
-        used = sorted(set(row_prompt))
-        packed = self.pack(model, prompts, used)  # [P, Lp]: one row per distinct prompt
-        out = model(
-            inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
-            position_ids=packed.position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
-        rows = gather_prefill(cache, used, row_prompt, model.device)  # [N] packed row of each row
-        last = packed.position_ids.amax(-1, keepdim=True)  # [3, P, 1]
-        return out.logits[:, -1][rows], packed.attention_mask[rows], last[:, rows]
-
-    def completion_logprobs(
-        self,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        completion_ids: torch.Tensor,
-        *,
-        model: PreTrainedModel | None = None,
-    ) -> torch.Tensor:
-        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy).
-
-        The prompts run once each (`_prefill`), then the completion tokens of all rows in one forward.
-        """
-        model = model or self.model
-        if drops_kv_cache(model):
-            return self._completion_logprobs_per_row(model, prompts, row_prompt, completion_ids)
-        completion_ids = completion_ids.to(model.device)  # [N, T]
-        cache = DynamicCache()
-        first, attention, last = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp], [3, N, 1]
-
-        def forward(inputs: torch.Tensor) -> torch.Tensor:  # [N, T-1] -> logits [N, T-1, V]
-            return model(
-                input_ids=inputs, attention_mask=torch.cat([attention, torch.ones_like(inputs)], dim=1),
-                position_ids=last + torch.arange(1, inputs.shape[1] + 1, device=model.device),
-                past_key_values=cache, use_cache=True,
-            ).logits
-
-        return logprobs_after_prefill(first, completion_ids, forward)  # [N, T]
-
-    def _completion_logprobs_per_row(
-        self, model: PreTrainedModel, prompts: list[EncodedPrompt], row_prompt: list[int], completion_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """`completion_logprobs` with every row carrying its whole prompt through the LM, in one forward without a
-        KV cache: the path for a training forward under gradient checkpointing (vision still once per prompt)."""
-        packed = self.pack(model, prompts, row_prompt, completion_ids.to(model.device))  # [N, Lp+T]
-        logits = model(
-            inputs_embeds=packed.inputs_embeds,
-            attention_mask=packed.attention_mask,
-            position_ids=packed.position_ids,
-            logits_to_keep=completion_ids.shape[1] + 1,
-            use_cache=False,
-        ).logits  # [N, T+1, V]
-        return completion_logprobs_from_logits(logits, completion_ids)
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        decoding: Decoding,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Completions:
-        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one batch; each
-        prompt is prefilled once."""
-        model = self.model
-        cache = DynamicCache()
-        first, attention, position = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp], [3, N, 1]
-
-        def step(tokens: torch.Tensor | None) -> torch.Tensor:
-            nonlocal attention, position
-            if tokens is None:
-                return first
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L+1]
-            position = position + 1  # [3, N, 1]
-            out = model(
-                input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention, position_ids=position,
-                past_key_values=cache, use_cache=True,
-            )
-            return out.logits[:, -1]  # [N, V]
-
-        return sample_completions(
-            step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
-            suppress_ids=self.suppress_ids, generator=generator,
-        )
-
-
 
 def load_qwen_vl_adapter(
     path: str | Path,
     *,
-    frames: FrameRule = FrameRule(),
+    frames: FrameRule = QWEN_FRAMES,
     vision_overrides: dict | None = None,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
@@ -343,5 +206,3 @@ def load_qwen_vl_adapter(
         model, tokenizer, processor, frames=frames, system=system, frame_cache_size=frame_cache_size,
         name=Path(path).name,
     )
-
-

@@ -1,4 +1,4 @@
-"""SigLIP frame preprocessing in plain torch, without torchvision (SPEC 2.3).
+"""SigLIP frame preprocessing in plain torch, without torchvision (docs/models.md).
 
 TinyLLaVA-Video gives every sampled frame to SigLIP as a square image: resized to `size` x `size`
 (bicubic, no padding, aspect ratio not kept), rescaled by 1/255 and normalised with mean 0.5 and
@@ -17,7 +17,7 @@ SIGLIP_RESCALE = 1 / 255
 
 
 def preprocess_siglip_frames(frames: np.ndarray, *, size: int = 384) -> torch.Tensor:
-    """uint8 RGB frames [T, H, W, 3] -> SigLIP pixel values [T, 3, size, size] float32 (SPEC 2.3).
+    """uint8 RGB frames [T, H, W, 3] -> SigLIP pixel values [T, 3, size, size] float32 (docs/models.md).
 
     `size` is the vision tower's `image_size` (384 for SigLIP-so400m). The uint8 tensor is resized
     directly with `F.interpolate(mode="bicubic", antialias=True)`, as transformers' processor does on

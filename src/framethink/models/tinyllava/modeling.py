@@ -1,4 +1,4 @@
-"""TinyLLaVA-Video as a transformers model: SigLIP, a Perceiver resampler connector, Qwen2 (SPEC 2.3).
+"""TinyLLaVA-Video as a transformers model: SigLIP, a Perceiver resampler connector, Qwen2 (docs/models.md).
 
 Frames go through SigLIP; the hidden states of layer `vision_feature_layer` (-2) lose their first
 patch (729 -> 728 tokens per 384x384 frame), the frames of a video are concatenated into one
@@ -44,13 +44,14 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from framethink.errors import ConfigError
+from framethink.models.base import CACHE_ARGUMENT
 
 CONNECTOR_TYPES = ("groupresampler", "naiveresampler")
 IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id (never a real vocabulary id)
 IGNORE_INDEX = -100
 FF_MULT = 4  # the resampler's feed-forward width multiplier, fixed in the reference
 
-# The `qwen2_base` conversation template of TinyLLaVA_Factory, as its inference prompt renders it (SPEC 2.3).
+# The `qwen2_base` conversation template of TinyLLaVA_Factory, as its inference prompt renders it (docs/models.md).
 TINYLLAVA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions. "
@@ -85,7 +86,7 @@ QWEN25_3B = {
 
 
 class TinyLlavaVideoConfig(PretrainedConfig):
-    """Configuration of TinyLLaVA-Video (SPEC 2.3); the defaults describe the released Qwen2.5-3B model.
+    """Configuration of TinyLLaVA-Video (docs/models.md); the defaults describe the released Qwen2.5-3B model.
 
     Args:
         vision_config: SigLIP vision settings (dict or `SiglipVisionConfig`).
@@ -238,7 +239,7 @@ class Resampler(nn.Module):
 
 class GroupResampler(Resampler):
     """`group` contiguous chunks of the video tokens, each read by the same num_queries/group latents;
-    outputs concatenated, then sinusoidal positions added (SPEC 2.3). At 16 frames and group 16 a chunk
+    outputs concatenated, then sinusoidal positions added (docs/models.md). At 16 frames and group 16 a chunk
     is one frame."""
 
     def __init__(self, config: TinyLlavaVideoConfig) -> None:
@@ -274,7 +275,7 @@ CONNECTORS = {"groupresampler": GroupResampler, "naiveresampler": NaiveResampler
 
 
 class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
-    """TinyLLaVA-Video (SPEC 2.3): SigLIP vision tower, resampler connector, Qwen2 causal LM."""
+    """TinyLLaVA-Video (docs/models.md): SigLIP vision tower, resampler connector, Qwen2 causal LM."""
 
     config_class = TinyLlavaVideoConfig
     main_input_name = "input_ids"
@@ -303,7 +304,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     def get_video_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-        """Videos [B, T, 3, H, W] -> connector embeddings [B, num_queries, D_text] (SPEC 2.3)."""
+        """Videos [B, T, 3, H, W] -> connector embeddings [B, num_queries, D_text] (docs/models.md)."""
         b, t = pixel_values_videos.shape[:2]
         frames = pixel_values_videos.flatten(0, 1).to(self.vision_tower.dtype)  # [B*T, 3, H, W]
         hidden = self.vision_tower(frames, output_hidden_states=True).hidden_states[self.config.vision_feature_layer]
@@ -378,7 +379,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -390,7 +391,8 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Pass `input_ids` [B, L] with one `image_token_index` per row and `pixel_values_videos`
         ([B, T, 3, H, W] or [B*T, 3, H, W]); `attention_mask` and `labels` are [B, L] and are
         expanded with the ids. Or pass `inputs_embeds` and an `attention_mask` already expanded
-        (what `generate` does). Positions count the attended tokens of each row when not given.
+        (what `generate` does). Positions count the attended tokens of each row when not given. `cache` reaches
+        the language model under the name the installed transformers gives it (`cache` or `past_key_values`).
         Returns logits [B, L+N-1, V] (or the last `logits_to_keep`) and the loss when `labels` are given.
         Nothing is truncated: the reference cut expanded sequences at `tokenizer_model_max_length`
         (3072), so callers keep prompt + video + completion within it.
@@ -406,11 +408,12 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if position_ids is None and attention_mask is not None:
             # With a cache the mask covers past + new tokens: keep the positions of the new ones.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1]:]
+        if cache is not None:
+            kwargs[CACHE_ARGUMENT] = cache
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -439,7 +442,7 @@ class TinyLlavaVideoForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
 
 def tinyllava_prompt(question: str) -> str:
-    """The `qwen2_base` inference prompt (SPEC 2.3) with the `<image>` placeholder.
+    """The `qwen2_base` inference prompt (docs/models.md) with the `<image>` placeholder.
 
     As the reference template, a `<image>` already in the question is removed and the question
     stripped: `"{system}USER: <image>\\n{question} ASSISTANT:"`.

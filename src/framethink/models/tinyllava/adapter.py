@@ -1,4 +1,5 @@
-"""Policy adapter for TinyLLaVA-Video (SPEC 2.3), behind the same interface as Qwen-VL.
+"""Policy adapter for TinyLLaVA-Video (docs/models.md, TinyLLaVA-Video), on the shared machinery of
+`framethink.models.base`.
 
 A prompt is the `qwen2_base` text "{system}USER: <image>\\n{question} ASSISTANT:" with one placeholder id
 (-200) where the video goes. Frames come from the uniform rule (16 by default), resized square to the SigLIP
@@ -6,11 +7,8 @@ image size and normalised, without torchvision. The adapter builds the prompts' 
   - the vision tower and connector run once per prompt batch (one call per distinct frame count, one in
     practice), and each prompt's `num_queries` embeddings serve all rows (completions) of that prompt; while
     the tower is frozen (the recipe) it runs once per prompt per step, for the policy and the reference model
-    alike, and only the connector runs again in each forward (`framethink.models.common`);
-  - each distinct prompt runs through the LM once, left-padded `[pad, text before, video, text after]`, and its
-    KV cache is gathered to its rows; the completion tokens of all rows then run in one forward on that cache,
-    in generation and in every log-prob forward (prefix sharing, `framethink.models.sampling`). A training
-    forward under gradient checkpointing, where transformers keeps no KV cache, runs every row's whole prompt;
+    alike, and only the connector runs again in each forward;
+  - a prompt row is left-padded `[pad, text before, video, text after]`;
   - the model's forward numbers positions by the attended tokens, so a left-padded row's positions count from
     its first real token, and the prefill, every cached step and a whole-row forward agree.
 An image is a one-frame clip; a text-only record has no placeholder and no video. The frame count need not
@@ -22,37 +20,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from framethink.data.clips import ClipReader, FrameRule, check_frame_order
+from framethink.data.clips import FrameRule, check_frame_order
 from framethink.data.prompts import format_question
 from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.errors import ConfigError
-from framethink.models.adapter import Decoding, EncodedPrompt
-from framethink.models.common import TOWER_CACHE_SIZE, AdapterCommon, FrozenTowerCache
-from framethink.models.sampling import (
-    Completions,
-    completion_logprobs_from_logits,
-    drops_kv_cache,
-    gather_prefill,
-    logprobs_after_prefill,
-    sample_completions,
-)
-from framethink.models.siglip_frames import preprocess_siglip_frames
-from framethink.models.tinyllava import (
+from framethink.models.adapter import EncodedPrompt
+from framethink.models.base import TOWER_CACHE_SIZE, AdapterBase, PackedRows
+from framethink.models.tinyllava.convert import load_tinyllava
+from framethink.models.tinyllava.inputs import preprocess_siglip_frames
+from framethink.models.tinyllava.modeling import (
     TINYLLAVA_SYSTEM,
     VIDEO_PLACEHOLDER,
     TinyLlavaVideoForConditionalGeneration,
     build_tinyllava_prompt_ids,
     tinyllava_prompt,
 )
-from framethink.models.tinyllava_convert import load_tinyllava
 
-TINYLLAVA_FRAMES = FrameRule(rule="uniform", num_frames=16)  # SPEC 2.1: exactly 16 uniform frames
+TINYLLAVA_FRAMES = FrameRule(rule="uniform", num_frames=16)  # exactly 16 uniform frames, as the reference
 
 
-class TinyLlavaAdapter(AdapterCommon):
+class TinyLlavaAdapter(AdapterBase):
     """TinyLLaVA-Video (SigLIP, resampler connector, Qwen2 base LM) behind the `PolicyAdapter` interface."""
 
     default_template = "tinyllava-r1"
@@ -68,20 +58,14 @@ class TinyLlavaAdapter(AdapterCommon):
         tower_cache_size: int = TOWER_CACHE_SIZE,
         name: str = "",
     ) -> None:
-        """`tower_cache_size`: prompts whose frozen SigLIP output is kept across the forwards of a step
-        (`framethink.models.common`); 0 turns that reuse off."""
         if system is not None and system != TINYLLAVA_SYSTEM:
-            raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text (SPEC 2.3); got {system!r}")
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.clips = ClipReader(frames, frame_cache_size)
+            raise ConfigError(f"TinyLLaVA-Video's qwen2_base prompt fixes its system text; got {system!r}")
+        super().__init__(model, tokenizer, frames=frames, frame_cache_size=frame_cache_size,
+                         tower_cache_size=tower_cache_size, name=name)
         self.image_size = model.config.vision_config.image_size
         self.image_token_index = model.config.image_token_index
-        # eos = pad = <|endoftext|> (SPEC 2.3); the SFT target ends with it too
+        # eos = pad = <|endoftext|>, as the released tokenizer; the SFT target ends with it too
         self.pad_id = tokenizer.pad_token_id
-        self.eos_ids = [tokenizer.eos_token_id]
-        self.end_of_turn_id = tokenizer.eos_token_id
-        self.vision_encoder_calls = 0  # calls of the whole encoder (tower + connector), counted for the benchmarks
-        self.tower_cache = FrozenTowerCache(tower_cache_size)
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -140,7 +124,7 @@ class TinyLlavaAdapter(AdapterCommon):
                         prompts: list[EncodedPrompt]) -> list[torch.Tensor | None]:
         """Connector embeddings [num_queries, D] per prompt (None without video): prompts with the same
         frame count go through the vision tower and connector together, as one [B, T, 3, S, S] batch, or through
-        the connector alone where the frozen tower's output is kept (`AdapterCommon._encode_reusing_tower`)."""
+        the connector alone where the frozen tower's output is kept (`AdapterBase._encode_reusing_tower`)."""
         features: list[torch.Tensor | None] = [None] * len(prompts)
         by_frames: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
@@ -170,14 +154,16 @@ class TinyLlavaAdapter(AdapterCommon):
 
         return self._encode_reusing_tower(model, pixels, encode, connect)
 
-    def _prompt_embeds(self, model: TinyLlavaVideoForConditionalGeneration,
-                       prompts: list[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs_embeds [P, Lp, D], attention_mask [P, Lp]) of the prompts, one left-padded row each
-        `[pad, text before, video, text after]`, the placeholder replaced by the prompt's video embeddings."""
+    def pack(self, model: TinyLlavaVideoForConditionalGeneration, prompts: list[EncodedPrompt],
+             row_prompt: list[int]) -> PackedRows:
+        """Rows [N, Lp] `[pad, text before, video, text after]`, the placeholder replaced by the prompt's video
+        embeddings; each distinct prompt is embedded once and gathered to its rows. No positions: the model counts
+        them from the attention mask."""
+        used = sorted(set(row_prompt))
         embed = model.get_input_embeddings()
         sequences = []
-        for prompt, video in zip(prompts, self._video_features(model, prompts)):
-            ids = prompt.inputs["input_ids"][0].to(model.device)  # [L_i]
+        for i, video in zip(used, self._video_features(model, [prompts[i] for i in used])):
+            ids = prompts[i].inputs["input_ids"][0].to(model.device)  # [L_i]
             is_video = ids == self.image_token_index
             text = embed(ids.masked_fill(is_video, 0))  # [L_i, D]; the placeholder's row is dropped
             if video is None:
@@ -192,100 +178,8 @@ class TinyLlavaAdapter(AdapterCommon):
         for k, seq in enumerate(sequences):
             embeds[k, lp - seq.shape[0]:] = seq
             mask[k, lp - seq.shape[0]:] = 1
-        return embeds, mask
-
-    def _prefill(
-        self,
-        model: TinyLlavaVideoForConditionalGeneration,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        cache: DynamicCache,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run each distinct prompt of the rows through `model` once and gather its KV cache in `cache` to its rows.
-
-        -> (logits [N, V] at each row's last prompt position, the rows' prompt attention mask [N, Lp]). Later
-        forwards on `cache` pass that mask extended by their tokens: the model numbers positions by the attended
-        tokens, so each row's completion continues from its own prompt length, as in a forward of the whole row.
-        """
-        used = sorted(set(row_prompt))
-        embeds, mask = self._prompt_embeds(model, [prompts[i] for i in used])  # [P, Lp, D], [P, Lp]
-        out = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
-        rows = gather_prefill(cache, used, row_prompt, model.device)  # [N]
-        return out.logits[:, -1][rows], mask[rows]
-
-    def completion_logprobs(
-        self,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        completion_ids: torch.Tensor,
-        *,
-        model: TinyLlavaVideoForConditionalGeneration | None = None,
-    ) -> torch.Tensor:
-        """Log-probabilities [N, T] of `completion_ids` [N, T] under `model` (default: the policy), each row
-        after its prompt with the video embedded by that model's own tower and connector.
-
-        The prompts run once each (`_prefill`), then the completion tokens of all rows in one forward."""
-        model = model or self.model
-        if drops_kv_cache(model):
-            return self._completion_logprobs_per_row(model, prompts, row_prompt, completion_ids)
-        completion_ids = completion_ids.to(model.device)
-        cache = DynamicCache()
-        first, attention = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp]
-
-        def forward(inputs: torch.Tensor) -> torch.Tensor:  # [N, T-1] -> [N, T-1, V]
-            mask = torch.cat([attention, torch.ones_like(inputs)], dim=1)  # [N, Lp + T-1]
-            return model(input_ids=inputs, attention_mask=mask, past_key_values=cache, use_cache=True).logits
-
-        return logprobs_after_prefill(first, completion_ids, forward)
-
-    def _completion_logprobs_per_row(
-        self,
-        model: TinyLlavaVideoForConditionalGeneration,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        completion_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        """`completion_logprobs` with every row carrying its whole prompt through the LM, in one forward without a
-        KV cache: the path for a training forward under gradient checkpointing (video still once per prompt)."""
-        used = sorted(set(row_prompt))
-        embeds, mask = self._prompt_embeds(model, [prompts[i] for i in used])  # [P, Lp, D], [P, Lp]
         rows = torch.tensor([used.index(i) for i in row_prompt], device=model.device)  # [N]
-        completion_ids = completion_ids.to(model.device)  # [N, T]
-        embeds = torch.cat([embeds[rows], model.get_input_embeddings()(completion_ids)], dim=1)  # [N, Lp + T, D]
-        mask = torch.cat([mask[rows], torch.ones_like(completion_ids)], dim=1)  # [N, Lp + T]
-        logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=completion_ids.shape[1] + 1,
-                       use_cache=False).logits  # [N, T + 1, V]
-        return completion_logprobs_from_logits(logits, completion_ids)
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[EncodedPrompt],
-        row_prompt: list[int],
-        decoding: Decoding,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Completions:
-        """Sample one completion per row (row i continues prompt `row_prompt[i]`), all rows in one KV-cached batch;
-        each prompt is prefilled once."""
-        model = self.model
-        cache = DynamicCache()
-        first, attention = self._prefill(model, prompts, row_prompt, cache)  # [N, V], [N, Lp]
-
-        def step(tokens: torch.Tensor | None) -> torch.Tensor:
-            nonlocal attention
-            if tokens is None:
-                return first
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # [N, L + 1]
-            out = model(input_ids=tokens.to(model.device).unsqueeze(-1), attention_mask=attention,
-                        past_key_values=cache, use_cache=True)
-            return out.logits[:, -1]  # [N, V]
-
-        return sample_completions(step, len(row_prompt), decoding, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                  generator=generator)
-
+        return PackedRows(inputs_embeds=embeds[rows], attention_mask=mask[rows], position_ids=None, prompt_length=lp)
 
 
 def load_tinyllava_adapter(

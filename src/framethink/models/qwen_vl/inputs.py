@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL model inputs in plain torch (SPEC 2.1, 2.2).
+"""Qwen2-VL / Qwen2.5-VL model inputs in plain torch (docs/models.md).
 
 Reproduces transformers' `Qwen2VLImageProcessor`, `Qwen2VLVideoProcessor` and `Qwen2_5_VLProcessor`
 bit-exactly without torchvision: smart resize, bicubic antialiased resize of the uint8 frames,
@@ -8,6 +8,7 @@ fused rescale + normalise, temporal padding by repeating the last frame, and pat
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from framethink.data.video import smart_resize
 from framethink.errors import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,6 +26,29 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 _BICUBIC = 3  # PIL's BICUBIC, the only resample Qwen-VL uses
+MAX_RATIO = 200  # Qwen-VL refuses images more elongated than this
+
+
+def smart_resize(
+    height: int, width: int, *, factor: int = 28, min_pixels: int = 4 * 28 * 28, max_pixels: int = 16384 * 28 * 28
+) -> tuple[int, int]:
+    """Qwen2-VL's smart resize (docs/models.md, Qwen-VL), as transformers' `image_processing_qwen2_vl.smart_resize`:
+    H and W become multiples of `factor` near the original aspect ratio with H*W in [min_pixels, max_pixels].
+    """
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_RATIO:
+        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {ratio}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,7 @@ class QwenVisionProcessor:
 
     def process_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [H, W, 3] uint8 -> (pixel_values [N_patches, C*Tp*P*P] float32, image_grid_thw [N, 3] long).
-        Each image is one frame, repeated to fill the temporal patch (SPEC 2.1)."""
+        Each image is one frame, repeated to fill the temporal patch (docs/models.md)."""
         rows, grids = [], []
         for i, image in enumerate(images):
             if not (isinstance(image, np.ndarray) and image.ndim == 3):
@@ -121,7 +144,7 @@ class QwenVisionProcessor:
     def process_video(self, frames: np.ndarray, fps: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Frames [T, H, W, 3] uint8 sampled at `fps` -> (pixel_values_videos [N_patches, C*Tp*P*P],
         video_grid_thw [1, 3], second_per_grid_ts). `fps` is the actual sampling rate: Qwen2.5-VL's
-        temporal M-RoPE uses `second_per_grid_ts = temporal_patch_size / fps` (SPEC 2.1)."""
+        temporal M-RoPE uses `second_per_grid_ts = temporal_patch_size / fps` (docs/models.md)."""
         if not fps > 0:
             raise ValueError(f"video fps must be positive, got {fps}")
         pixels, grid = self._encode(_as_frames(frames, "video"), self.video_min_pixels, self.video_max_pixels)
@@ -129,9 +152,15 @@ class QwenVisionProcessor:
 
     def _encode(self, frames: torch.Tensor, min_pixels: int, max_pixels: int) -> tuple[torch.Tensor, list[int]]:
         """uint8 frames [T, C, H, W] -> (patches [gt*gh*gw, C*Tp*P*P], [gt, gh, gw])."""
-        t, c, h, w = frames.shape
         factor = self.patch_size * self.merge_size
-        new_h, new_w = smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        new_h, new_w = smart_resize(*frames.shape[2:], factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        return self.encode_frames(frames, new_h, new_w)
+
+    def encode_frames(self, frames: torch.Tensor, new_h: int, new_w: int) -> tuple[torch.Tensor, list[int]]:
+        """uint8 frames [T, C, H, W] resized to (new_h, new_w) (multiples of patch * merge), normalised, padded to the
+        temporal patch and patchified -> (patches [gt*gh*gw, C*Tp*P*P], [gt, gh, gw]). Qwen3-VL's video processor
+        chooses the size by its own rule and shares this pipeline."""
+        t, c, h, w = frames.shape
         if (new_h, new_w) != (h, w):
             # Resize the uint8 tensor itself, as torchvision does on CPU: a float detour differs by a few grey levels.
             frames = F.interpolate(frames, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
