@@ -55,6 +55,7 @@ from framethink.rewards import accuracy_reward, extract_answer, video_r1_format
 REASONS = ("format", "accuracy", "media")  # why a record is dropped, in the order the table lists them
 SOLUTION_SOURCES = ("gold", "teacher")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+RUN_ONLY_SETTINGS = ("batch_size", "retries", "timeout")  # may change when a run is resumed
 _THINK_RE = re.compile(r"<think>\s*(.*?)\s*</think>", re.DOTALL)  # generate_cot_vllm.py's extract_think
 
 
@@ -363,16 +364,27 @@ class JournalWriter:
         self.handle.close()
 
 
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _start_header(work: Path, header: dict) -> None:
     """Write the run's header, or check that a journal being resumed was written by the same run."""
     path = work / "header.json"
     if path.is_file():
         found = json.loads(path.read_text())
-        changed = [key for key in sorted(set(header) | set(found)) if header.get(key) != found.get(key)]
+        flat_header, flat_found = _flatten(header), _flatten(found)
+        changed = [key for key in sorted(set(flat_header) | set(flat_found)) if flat_header.get(key) != flat_found.get(key)]
         if changed:
-            raise ConfigError(f"{work} holds a run with other {', '.join(changed)} "
-                              f"(found {', '.join(f'{k}={found.get(k)!r}' for k in changed)}); resume it with the "
-                              "same input, teacher and settings, or choose another --out")
+            raise ConfigError(f"{work} holds a run with other settings: "
+                              + ", ".join(f"{k} {flat_found.get(k)!r} (now {flat_header.get(k)!r})" for k in changed)
+                              + "; resume it with the same input, teacher and settings, or choose another --out")
         return
     atomic_write(path, json.dumps(header, indent=1) + "\n")
 
@@ -482,7 +494,7 @@ def run_cot(
     try:
         header = {"input": str(input_file.absolute()), "input_sha256": _file_sha256(input_file),
                   "root": str(media_root.absolute()), "teacher": teacher_identity,
-                  "config": dataclasses.asdict(config)}
+                  "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_SETTINGS}}
         if rank == 0:
             work.mkdir(parents=True, exist_ok=True)
             _start_header(work, header)
