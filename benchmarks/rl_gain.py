@@ -16,13 +16,13 @@ from pathlib import Path
 
 from framethink.demo import run_demo
 from framethink.eval.predictions import read_predictions
-from framethink.eval.scoring import score_output
+from framethink.eval.protocols import framethink_rule
 
 
 def correct_by_item(run: Path) -> dict[str, bool]:
     """Item id -> answered right, from a sampled evaluation's ordered-frame predictions."""
     lines = read_predictions(run / "ordered" / "predictions.jsonl").lines
-    return {r["id"]: score_output(r["output"], r["answer"], r["problem_type"]).score == 1.0 for r in lines}
+    return {r["id"]: framethink_rule(r).score == 1.0 for r in lines}
 
 
 def mcnemar_z(gained: int, lost: int) -> float:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from framethink.data.prompts import format_question
 from framethink.data.records import Record
-from framethink.eval.benchmarks import MVBENCH_TASKS
+from framethink.eval.benchmarks.mvbench import TASKS as MVBENCH_TASKS
 from framethink.models.adapter import Decoding, EncodedPrompt
 
 
@@ -163,6 +163,37 @@ def write_tempcompass(data_root: Path) -> Path:
     return root
 
 
+# Items copied from TempCompass's released questions/multi-choice.json (llyx97/TempCompass), quirks kept as published.
+TEMPCOMPASS_RELEASE_ITEMS = {
+    "1100319395_reverse": {"direction": [
+        {"question": "What direction is the circular pattern moving?\nA. clockwise\nB. moving towards the camera\n"
+                     "C. counter-clockwise\nD. moving away from the camera", "answer": "C. counter-clockwise"},
+        {"question": "Which way is the circular pattern moving?\nA. spinning clockwise\nB. spinning "
+                     "counter-clockwise\nC. vibrating back and forth", "answer": "B. spinning counter-clockwise"},
+        {"question": "In which direction is the circular pattern spinning?\nA. towards the screen\nB. anticlockwise"
+                     "\nC. clockwise\n D. away from the screen", "answer": "B. anticlockwise"},
+    ]},
+    "1083113449": {"speed": [  # the release's item [1]
+        {"question": "What type of speed is applied to the video?\nA. rewind\nB. time-lapse\nC. slow ",
+         "answer": "B. time-lapse"}]},
+    "1022115337": {"order": [  # the release's items [1] and [2]
+        {"question": "Which event occurs first?\nA. dancing\nB. sending an air kiss\nC.Both events happen at the "
+                     "same time", "answer": "A. dancing"},
+        {"question": "Which event occurs second?\nA. dancing\nB. sending an air kiss\nC.Both events happen at the "
+                     "same time", "answer": "B. sending an air kiss"},
+    ]},
+}
+
+
+def write_tempcompass_release_quirks(data_root: Path) -> Path:
+    """TempCompass in its released layout with the option-line quirks of the real file."""
+    root = data_root / "tempcompass"
+    for video_id in TEMPCOMPASS_RELEASE_ITEMS:
+        touch(root / "videos" / f"{video_id}.mp4")
+    write_json(root / "questions" / "multi-choice.json", TEMPCOMPASS_RELEASE_ITEMS)
+    return root
+
+
 def write_videommmu(data_root: Path) -> Path:
     """Perception: Art (options unlettered), Biology; Comprehension: Finance; Adaptation: Math (MC),
     Physics (open, gold 42)."""
@@ -227,7 +258,7 @@ class ScriptedAdapter:
 
     def generate_texts(self, prompts: list[EncodedPrompt], decoding: Decoding) -> list[str]:
         if self.crash_on_call is not None and len(self.calls) == self.crash_on_call:
-            raise RuntimeError("simulated crash")
+            raise KeyboardInterrupt  # the process is stopped: nothing of this batch is written
         self.calls.append([p.record.id for p in prompts])
         return [self.answer(p.record, p.frame_order) for p in prompts]
 

@@ -101,37 +101,15 @@ def _model_convert(args: argparse.Namespace) -> int:
 
 
 def _eval_run(args: argparse.Namespace) -> int:
-    from framethink.config import EvalConfig, load_config
-    from framethink.eval.benchmarks import load_benchmarks
-    from framethink.eval.report import render_markdown
-    from framethink.eval.runner import RunSettings, eval_decoding, evaluate, template_for
-    import torch
+    from framethink.eval.commands import run_command
 
-    from framethink.models import load_adapter
-
-    specs = [spec.strip() for spec in args.bench.split(",") if spec.strip()]
-    benchmarks = load_benchmarks(specs, args.data_root)  # data faults surface before the model loads
-    recipe = load_config(args.recipe).eval if args.recipe else EvalConfig()
-    decoding = eval_decoding(recipe, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    adapter = load_adapter(args.model, num_frames=args.frames, max_pixels=args.max_pixels)
-    torch.manual_seed(args.seed)  # sampled decoding (temperature > 0) is reproducible by seed
-    settings = RunSettings(model=str(args.model.resolve()), frames=args.frames, max_pixels=args.max_pixels,
-                           mode=args.mode, template=template_for(args.mode, adapter), frame_order=args.frame_order,
-                           decoding=decoding, seed=args.seed)
-    report = evaluate(adapter, benchmarks, args.out, settings, batch_size=args.batch_size or recipe.batch_size,
-                      limit=args.limit, compare=args.compare, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(render_markdown(report))
-    return 0
+    return run_command(args)
 
 
 def _eval_score(args: argparse.Namespace) -> int:
-    from framethink.eval.report import build_report, find_predictions, render_markdown, write_report
+    from framethink.eval.commands import score_command
 
-    report = build_report(find_predictions(args.predictions), compare=args.compare)
-    if args.out is not None:
-        write_report(report, args.out)
-    print(render_markdown(report))
-    return 0
+    return score_command(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -151,6 +129,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, model=args.model, arch=args.arch, seed=args.seed, recipe=args.recipe, overrides=args.overrides)
     return 0
+
+
+def _bench_help() -> str:
+    from framethink.eval.benchmarks import bench_help
+
+    return bench_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,29 +200,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="benchmark evaluation").add_subparsers(dest="eval_command", required=True)
     run = evaluation.add_parser("run", help="evaluate a model on benchmarks (resumable); writes OUT/<frame order>/ and OUT/report.*")
     run.add_argument("--model", type=Path, required=True, help="model checkpoint folder")
-    run.add_argument("--bench", required=True,
-                     help="comma-separated: mvbench, videomme, mlvu, mmvu, vsibench, tempcompass, videommmu, or record file paths")
+    run.add_argument("--bench", required=True, help="comma-separated benchmark names or record file paths: "
+                     + _bench_help())
     run.add_argument("--data-root", type=Path, default=None,
                      help="folder holding <bench>/ (released layout) or eval_<bench>.json (Video-R1-eval)")
     run.add_argument("--out", type=Path, required=True)
-    run.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
-    run.add_argument("--max-pixels", type=int, default=None, help="max pixels per frame (default: the model's)")
+    run.add_argument("--preset", choices=["video-r1-16f", "video-r1-32f", "video-r1-64f", "tinyllava"], default=None,
+                     help="a reference evaluation's frames, pixels, decoding, template and protocol; flags override it")
+    run.add_argument("--protocol", default=None,
+                     help="comma-separated scoring protocols: framethink (default), video-r1, official, lmms-eval, tinyllava")
+    run.add_argument("--frames", type=int, default=None, help="frames per video (default: the preset's, else the model's)")
+    run.add_argument("--max-pixels", type=int, default=None, help="max pixels per frame (default: the preset's, else the model's)")
+    run.add_argument("--min-pixels", type=int, default=None, help="min pixels per video frame (default: the preset's, else the model's)")
     run.add_argument("--mode", choices=["reason", "option"], default="reason",
                      help="reason: the model's reasoning template; option: answer with the letter directly")
     run.add_argument("--frame-order", choices=["ordered", "shuffled", "reversed"], default="ordered")
     run.add_argument("--limit", type=int, default=None, help="evaluate only the first K items of each benchmark")
     run.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default: the recipe's, 8)")
     run.add_argument("--recipe", type=Path, default=None, help="recipe whose eval section gives the decoding")
-    run.add_argument("--temperature", type=float, default=None, help="overrides the recipe (default 0.1; 0 is greedy)")
-    run.add_argument("--top-p", type=float, default=None, help="overrides the recipe (default 0.001)")
-    run.add_argument("--max-new-tokens", type=int, default=None, help="overrides the recipe (default 1024)")
+    run.add_argument("--temperature", type=float, default=None, help="overrides the preset / recipe (default 0.1; 0 is greedy)")
+    run.add_argument("--top-p", type=float, default=None, help="overrides the preset / recipe (default 0.001)")
+    run.add_argument("--max-new-tokens", type=int, default=None, help="overrides the preset / recipe (default 1024)")
     run.add_argument("--seed", type=int, default=0, help="seed of the frame shuffle and of sampled decoding")
     run.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
+    run.add_argument("--strict", action="store_true", help="exit 1 when any item failed (default: report it and exit 0)")
     run.set_defaults(func=_eval_run)
-    score = evaluation.add_parser("score", help="re-score predictions offline and print the report")
-    score.add_argument("predictions", type=Path, help="a predictions.jsonl, or an `eval run` output folder")
+    score = evaluation.add_parser("score", help="re-score predictions offline under one or more protocols")
+    score.add_argument("predictions", type=Path, nargs="+", help="predictions.jsonl files, or `eval run` output folders")
+    score.add_argument("--protocol", default=None,
+                       help="comma-separated scoring protocols: framethink (default), video-r1, official, lmms-eval, tinyllava")
     score.add_argument("--compare", default=None, help="published result to compare with (default: matched by model folder name)")
-    score.add_argument("--out", type=Path, default=None, help="also write report.json and report.md here")
+    score.add_argument("--out", type=Path, default=None, help="also write report.json, report.md and item_scores.jsonl here")
     score.set_defaults(func=_eval_score)
     train = commands.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
     for name, text in (("rl", "GRPO / T-GRPO / Dr. GRPO"), ("sft", "supervised cold start")):

@@ -82,7 +82,8 @@ def sample_frames(
     MVBench's episodic_reasoning clips are (3 fps).
 
     rule "qwen" (Video-R1): `smart_nframes` frames at `fps`, bounded by min/max_frames, at
-    round(linspace(first, last, n)). rule "uniform" (TinyLLaVA-Video): exactly `num_frames` frames at
+    round(linspace(first, last, n)); a range of one frame gives that frame (the patchifier repeats it).
+    rule "uniform" (TinyLLaVA-Video): exactly `num_frames` frames at
     linspace(first, last, num_frames) truncated to integers, as the reference's `np.linspace(..., dtype=int)`.
     `start`/`end` (seconds, MVBench bounds) restrict sampling to frames ceil(start*fps) .. floor(end*fps), as
     qwen-vl-utils' `calculate_video_frame_range`; an end past the clip is cut at the last frame, as both
@@ -99,9 +100,11 @@ def sample_frames(
     total, video_fps = (len(folder), folder_fps) if folder is not None else _probe(path)
     first, last = _frame_range(path, total, video_fps, start, end)
     count = last - first + 1
-    if rule == "qwen":
-        if count < FRAME_FACTOR:
-            raise VideoDecodeError(path, f"{count} frame in range; the qwen rule needs at least {FRAME_FACTOR}")
+    if rule == "qwen" and count < FRAME_FACTOR:
+        # Fewer frames than one temporal patch: take them all; the Qwen-VL patchifier repeats the last frame to fill
+        # the patch, as transformers' Qwen2VLVideoProcessor does for any frame count that is not a multiple of it.
+        indices = np.arange(first, last + 1, dtype=np.int64)
+    elif rule == "qwen":
         nframes = smart_nframes(count, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
         indices = np.round(np.linspace(first, last, nframes)).astype(np.int64)
     else:
@@ -165,7 +168,7 @@ def write_video(
 
 def verify_media(path: str | Path, kind: str) -> None:
     """Check that a record's media can be used: an image decodes; a video has a frame rate, a frame count and
-    a decodable first frame. Raises VideoDecodeError naming the path and the fault."""
+    a decodable first and last frame. Raises VideoDecodeError naming the path and the fault."""
     if kind == "image":
         load_image(path)
         return
@@ -175,10 +178,10 @@ def verify_media(path: str | Path, kind: str) -> None:
     if path.is_dir():  # a frame folder: its first image must decode
         load_image(_frame_files(path)[0])
         return
-    _probe(path)
-    with _decode_errors(path), av.open(str(path)) as container:
-        if next(container.decode(container.streams.video[0]), None) is None:
-            raise VideoDecodeError(path, "no frame could be decoded")
+    total, _ = _probe(path)
+    # The first and the last frame, through the decoder sampling uses: a clip cut short (the common corruption)
+    # fails here exactly as it would when a run samples it, so the check and the runs accept the same files.
+    _decode(path, np.array(sorted({0, total - 1}), dtype=np.int64), total)
 
 
 def permute_frames(frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

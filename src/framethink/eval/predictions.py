@@ -1,10 +1,11 @@
-"""The predictions file of an evaluation run (SPEC 7): `predictions.jsonl`.
+"""The predictions file of an evaluation run: `predictions.jsonl` (docs/evaluation.md, "Files").
 
-Line 1 is the run header, `{"header": {model, frames, max_pixels, mode, template, frame_order,
-decoding, seed, framethink_version}}`. Every other line is one prediction holding all that scoring
-needs, so a file re-scores offline: `{benchmark, id, task, subtask, duration, problem_type, question,
-options, answer, output}`. Lines are appended as they are produced; a last line without its newline
-was cut by a crash and is not a prediction.
+Line 1 is the run header, `{"header": {model, frames, max_pixels, min_pixels, mode, template, frame_order,
+decoding, seed, preset, framethink_version}}`. Every other line is one item holding all that scoring needs, so
+a file re-scores offline: `{benchmark, id, task, subtask, duration, problem_type, question, options, answer,
+answer_text, status, reason, output}`; status is "ok", or "error" for an item that could not be prepared or
+generated (its reason says why; it scores 0 under every protocol). Lines are appended as they are produced; a
+last line without its newline was cut by a crash and is not a prediction.
 """
 from __future__ import annotations
 
@@ -14,27 +15,34 @@ from pathlib import Path
 
 from framethink.data.records import Record
 from framethink.errors import DataError
-from framethink.eval.scoring import DURATIONS
+from framethink.eval.benchmarks.videomme import DURATIONS
 
 PREDICTIONS_FILE = "predictions.jsonl"
 _LINE_KEYS = ("benchmark", "id", "task", "problem_type", "answer", "output")
+LINE_STATUSES = ("ok", "error")
 
 
 @dataclass
 class Predictions:
     path: Path
     settings: dict  # the header
-    lines: list[dict]  # one per prediction, in file order
+    lines: list[dict]  # one per item, in file order
     complete: bool  # False when the file ends in a line cut by a crash
 
+    @property
+    def failures(self) -> list[dict]:
+        return [line for line in self.lines if line.get("status") == "error"]
 
-def prediction_line(benchmark: str, record: Record, output: str) -> dict:
-    """The line of one prediction; the task is the record's source (its problem type when it has none)."""
+
+def prediction_line(benchmark: str, record: Record, output: str, *, error: str | None = None) -> dict:
+    """The line of one item; the task is the record's source (its problem type when it has none). `error` is the
+    reason an item could not be prepared or generated."""
     duration = record.extra.get("duration")
     return {"benchmark": benchmark, "id": record.id, "task": record.source or record.problem_type,
             "subtask": record.extra.get("subtask"), "duration": duration if duration in DURATIONS else None,
             "problem_type": record.problem_type, "question": record.question, "options": record.options,
-            "answer": record.answer, "output": output}
+            "answer": record.answer, "answer_text": record.extra.get("answer_text"),
+            "status": "ok" if error is None else "error", "reason": error, "output": output}
 
 
 def header_line(settings: dict) -> str:
@@ -61,6 +69,8 @@ def read_predictions(path: str | Path) -> Predictions:
         missing = [k for k in _LINE_KEYS if not isinstance(row, dict) or k not in row]
         if missing:
             raise DataError(path, str(lineno), missing[0], "missing from the prediction line")
+        if row.get("status", "ok") not in LINE_STATUSES:
+            raise DataError(path, str(lineno), "status", f"expected one of {LINE_STATUSES}, got {row['status']!r}")
         key = (row["benchmark"], row["id"])
         if key in seen:
             raise DataError(path, str(lineno), "id", f"{row['benchmark']}/{row['id']} is predicted twice")

@@ -1,8 +1,10 @@
-"""Published results to compare against (SPEC 7.1), as data.
+"""Published results to compare against (docs/evaluation.md, "Why published numbers differ").
 
-Scores are percentages. A run matches an entry when its model folder's name is one of the entry's
-`models` (case-insensitive), its mode is the entry's and its frame count is the entry's (a run that
-left the frame count to the model matches every frame count); `--compare KEY` picks one by key.
+An entry names a model and the setting and scoring protocol its numbers were measured under; its numbers live
+in the benchmark files (`published` of each `BenchmarkSpec`), keyed by the entry's key. Scores are percentages.
+A run matches an entry when its model folder's name is one of the entry's `models` (case-insensitive), its mode
+is the entry's and its frame count is the entry's (a run that left the frame count to the model matches every
+frame count); `--compare KEY` picks one by key.
 """
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framethink.errors import ConfigError
+from framethink.eval.benchmarks import REGISTRY
 
 _VIDEO_R1 = "Video-R1 paper, Table 1"
 _VIDEO_R1_ABLATION = "Video-R1 paper, Table 2"
 _TINYLLAVA = "TinyLLaVA-Video-R1 paper, Table 1"
-_VIDEO_R1_BENCHES = ("vsibench", "videommmu", "mmvu", "mvbench", "tempcompass", "videomme")
-_TINYLLAVA_BENCHES = ("mvbench", "videomme", "mlvu", "mmvu")
+_QWEN = ("Qwen2.5-VL-7B-Instruct",)
+_QWEN_SFT = ("Qwen2.5-VL-7B-SFT", "Qwen2.5-VL-7B-COT-SFT")
 
 
 @dataclass(frozen=True)
@@ -26,45 +29,33 @@ class Published:
     models: tuple[str, ...]  # model folder names that denote this model
     mode: str  # reason | option
     frames: int
-    scores: dict[str, float]  # benchmark -> percent
+    protocol: str  # the scoring protocol the numbers were measured under
     note: str = field(default="")
 
-
-def _scores(benches: tuple[str, ...], values: tuple[float, ...]) -> dict[str, float]:
-    return dict(zip(benches, values))
+    @property
+    def scores(self) -> dict[str, float]:
+        """benchmark -> percent, from the benchmark files."""
+        return {name: spec.published[self.key] for name, spec in REGISTRY.items() if self.key in spec.published}
 
 
 PUBLISHED: tuple[Published, ...] = (
-    Published("qwen2.5-vl-7b-cot-16f", "Qwen2.5-VL-7B (CoT), 16 frames", _VIDEO_R1, ("Qwen2.5-VL-7B-Instruct",),
-              "reason", 16, _scores(_VIDEO_R1_BENCHES, (27.7, 47.8, 59.2, 57.4, 72.2, 53.1))),
-    Published("qwen2.5-vl-7b-cot-32f", "Qwen2.5-VL-7B (CoT), 32 frames", _VIDEO_R1, ("Qwen2.5-VL-7B-Instruct",),
-              "reason", 32, _scores(_VIDEO_R1_BENCHES, (30.1, 48.1, 60.0, 59.0, 72.6, 56.6))),
-    Published("qwen2.5-vl-7b-sft-16f", "Qwen2.5-VL-7B-SFT, 16 frames", _VIDEO_R1,
-              ("Qwen2.5-VL-7B-SFT", "Qwen2.5-VL-7B-COT-SFT"),
-              "reason", 16, _scores(_VIDEO_R1_BENCHES, (31.8, 47.4, 61.3, 59.4, 69.2, 52.8))),
-    Published("qwen2.5-vl-7b-sft-32f", "Qwen2.5-VL-7B-SFT, 32 frames", _VIDEO_R1,
-              ("Qwen2.5-VL-7B-SFT", "Qwen2.5-VL-7B-COT-SFT"),
-              "reason", 32, _scores(_VIDEO_R1_BENCHES, (33.3, 49.4, 63.5, 60.5, 69.9, 55.4))),
-    Published("video-r1-7b-16f", "Video-R1-7B, 16 frames", _VIDEO_R1, ("Video-R1-7B",),
-              "reason", 16, _scores(_VIDEO_R1_BENCHES, (34.6, 49.8, 64.2, 62.7, 72.6, 57.4))),
-    Published("video-r1-7b-32f", "Video-R1-7B, 32 frames", _VIDEO_R1, ("Video-R1-7B",),
-              "reason", 32, _scores(_VIDEO_R1_BENCHES, (35.8, 52.3, 63.8, 63.9, 73.2, 59.3)),
+    Published("qwen2.5-vl-7b-cot-16f", "Qwen2.5-VL-7B (CoT), 16 frames", _VIDEO_R1, _QWEN, "reason", 16, "video-r1"),
+    Published("qwen2.5-vl-7b-cot-32f", "Qwen2.5-VL-7B (CoT), 32 frames", _VIDEO_R1, _QWEN, "reason", 32, "video-r1"),
+    Published("qwen2.5-vl-7b-sft-16f", "Qwen2.5-VL-7B-SFT, 16 frames", _VIDEO_R1, _QWEN_SFT, "reason", 16, "video-r1"),
+    Published("qwen2.5-vl-7b-sft-32f", "Qwen2.5-VL-7B-SFT, 32 frames", _VIDEO_R1, _QWEN_SFT, "reason", 32, "video-r1"),
+    Published("video-r1-7b-16f", "Video-R1-7B, 16 frames", _VIDEO_R1, ("Video-R1-7B",), "reason", 16, "video-r1"),
+    Published("video-r1-7b-32f", "Video-R1-7B, 32 frames", _VIDEO_R1, ("Video-R1-7B",), "reason", 32, "video-r1",
               note="v4 of the paper reports VSI-Bench 37.1"),
     Published("video-r1-7b-wo-image-16f", "Video-R1-7B without image data, 16 frames", _VIDEO_R1_ABLATION,
-              ("Video-R1-7B-wo-image",), "reason", 16,
-              _scores(_VIDEO_R1_BENCHES[:4], (32.3, 45.8, 60.6, 60.9))),
+              ("Video-R1-7B-wo-image",), "reason", 16, "video-r1"),
     Published("video-r1-7b-wo-temporal-16f", "Video-R1-7B with plain GRPO, 16 frames", _VIDEO_R1_ABLATION,
-              ("Video-R1-7B-wo-temporal",), "reason", 16,
-              _scores(_VIDEO_R1_BENCHES, (32.7, 48.3, 62.1, 61.1, 71.3, 54.5))),
+              ("Video-R1-7B-wo-temporal",), "reason", 16, "video-r1"),
     Published("tinyllava-video-sft-option", "TinyLLaVA-Video-SFT (Option), 16 frames", _TINYLLAVA,
-              ("TinyLLaVA-Video-Qwen2.5-3B-Group-16-512",), "option", 16,
-              _scores(_TINYLLAVA_BENCHES, (49.0, 42.2, 49.2, 46.1))),
+              ("TinyLLaVA-Video-Qwen2.5-3B-Group-16-512",), "option", 16, "tinyllava"),
     Published("tinyllava-video-coldstart-reason", "TinyLLaVA-Video-ColdStart (Reason), 16 frames", _TINYLLAVA,
-              ("TinyLLaVA-Video-Coldstart_NextQA_16",), "reason", 16,
-              _scores(_TINYLLAVA_BENCHES, (33.2, 26.6, 28.6, 22.7))),
+              ("TinyLLaVA-Video-Coldstart_NextQA_16",), "reason", 16, "tinyllava"),
     Published("tinyllava-video-r1-reason", "TinyLLaVA-Video-R1 (Reason), 16 frames", _TINYLLAVA,
-              ("TinyLLaVA-Video-R1",), "reason", 16,
-              _scores(_TINYLLAVA_BENCHES, (49.5, 46.6, 52.4, 46.9)),
+              ("TinyLLaVA-Video-R1",), "reason", 16, "tinyllava",
               note="evaluated with sampling on, so the published numbers are stochastic"),
 )
 
