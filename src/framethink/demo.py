@@ -81,7 +81,7 @@ def evaluate_stage(model: Path, test_file: Path, out: Path, settings: DemoEval, 
     report = json.loads((out / "report.json").read_text())
     for order, run in report["runs"].items():
         for bench in run["benchmarks"].values():
-            for task, group in bench["tasks"].items():
+            for task, group in bench["tasks"]["framethink"].items():  # the default protocol
                 scores.setdefault(task, {})[order] = group["score"]
     return scores
 
