@@ -3,8 +3,9 @@ problem type, deduplicated and decontaminated against evaluation benchmarks.
 
 Video-R1-260k is such a mixture: seven subsets (general video and image QA, charts, OCR, math, knowledge,
 spatial) drawn from public sets and balanced by subset (recipes/mixes/video-r1-260k.yaml writes down the
-published composition). A spec names, per subset, its files and filters, and either an exact `count` or a
-`ratio` of the spec's `total`, optionally split by problem type.
+published composition). A spec names, per subset, its files and filters, and either an exact `count`, or a
+`ratio` (the spec's `total` less the counts is shared by the ratios), or neither (every record it has),
+optionally split by problem type.
 
 Steps, all deterministic for a given spec (`seed`):
 1. every record of every file is parsed (a malformed record stops the mix with its file, record and field)
@@ -52,7 +53,7 @@ class SubsetSpec:
     data_source: list[str] = field(default_factory=list)  # keep only these data_source globs (empty: any)
     problem_type: list[str] = field(default_factory=list)  # keep only these problem types (empty: any)
     count: int | None = None  # exact number of records
-    ratio: float | None = None  # share of the spec's `total` (with the other subsets' ratios)
+    ratio: float | None = None  # share of what the spec's `total` leaves after the counts, by the subsets' ratios
     problem_types: dict[str, float] = field(default_factory=dict)  # split of the subset by problem type (ratios)
 
 
@@ -66,7 +67,7 @@ class DecontaminateSpec:
 @dataclass
 class MixSpec:
     seed: int = 0
-    total: int | None = None  # size of the mix when subsets give ratios
+    total: int | None = None  # size of the mix; what the subsets' counts leave is shared by their ratios
     media_root: str | None = None  # output media paths are relative to it (default: the output's folder)
     dedup: bool = True
     decontaminate: DecontaminateSpec | None = None
@@ -112,8 +113,15 @@ def _validate(spec: MixSpec) -> None:
                 raise ConfigError(f"{key}: unknown problem type {ptype!r}; known: {', '.join(PROBLEM_TYPES)}")
         if any(r <= 0 for r in subset.problem_types.values()):
             raise ConfigError(f"{key}.problem_types: every ratio must be > 0")
-    if spec.total is not None and spec.total < 0:
-        raise ConfigError("total: must be >= 0")
+    if spec.total is not None:
+        counted = sum(s.count for s in spec.subsets if s.count is not None)
+        if any(s.count is None and s.ratio is None for s in spec.subsets):
+            raise ConfigError("total: with a total, every subset needs a count or a ratio")
+        if counted > spec.total:
+            raise ConfigError(f"total: {spec.total} is less than the subsets' counts ({counted})")
+        if counted < spec.total and not any(s.ratio is not None for s in spec.subsets):
+            raise ConfigError(f"total: {spec.total} is more than the subsets' counts ({counted}) and no subset "
+                              "gives a ratio to share the rest")
     if spec.decontaminate is not None:
         if not spec.decontaminate.data_root:
             raise ConfigError("decontaminate.data_root: the folder holding the benchmarks is required")
@@ -155,6 +163,7 @@ class MixResult:
     contaminated: dict[str, int]
     removed: list[dict]
     benchmarks: list[str]
+    missing_eval_media: list[str] = field(default_factory=list)  # compared by question only
 
     def render(self) -> str:
         types = [t for t in PROBLEM_TYPES if any(c[t] for c in self.selected.values())]
@@ -174,6 +183,9 @@ class MixResult:
                      + f"  {total:>8}  {100.0 if total else 0.0:>5.1f}%")
         if self.benchmarks:
             lines.append(f"decontaminated against: {', '.join(self.benchmarks)}")
+        if self.missing_eval_media:
+            lines.append(f"{len(self.missing_eval_media)} evaluation media do not exist and were compared by question "
+                         f"only, first: {self.missing_eval_media[0]}")
         return "\n".join(lines)
 
 
@@ -202,13 +214,14 @@ def build_mix(
     if spec.dedup:
         candidates = _dedup(candidates, hashes, names, removed, duplicates)
     benchmarks: list[str] = []
+    missing_eval_media: list[str] = []
     if spec.decontaminate is not None:
-        candidates, benchmarks = _decontaminate(candidates, hashes, spec.decontaminate, base, names, removed,
-                                                contaminated, cache, workers, progress)
+        candidates, benchmarks, missing_eval_media = _decontaminate(
+            candidates, hashes, spec.decontaminate, base, names, removed, contaminated, cache, workers, progress)
     selected = _select(spec, candidates)
     result = MixResult(out=out, selected={n: Counter() for n in names}, available=available,
                        duplicates={n: duplicates[n] for n in names}, contaminated={n: contaminated[n] for n in names},
-                       removed=removed, benchmarks=benchmarks)
+                       removed=removed, benchmarks=benchmarks, missing_eval_media=missing_eval_media)
     for candidate in selected:
         result.selected[names[candidate.subset]][candidate.record.problem_type] += 1
     media_root = _resolve(base, spec.media_root) if spec.media_root is not None else out.parent
@@ -255,12 +268,14 @@ def _gather(spec: MixSpec, base: Path) -> tuple[list[Candidate], dict[str, int]]
     return candidates, available
 
 
-def _hashes(records: list[Record], cache: MediaCache | None, workers: int, progress: bool) -> dict[Path, str]:
-    """Content hash of every media path of `records`; a missing file is a DataError naming its record."""
+def _hashes(records: list[Record], cache: MediaCache | None, workers: int, progress: bool, *,
+            required: bool = True) -> dict[Path, str]:
+    """Content hash of every media path of `records` that exists; with `required`, a missing file is a DataError
+    naming its record."""
     media = {m: m for r in records for m in r.media}
     found = compute_media(content_hash, media, name="sha256", cache=cache, workers=workers, desc="hashing media",
                           progress=progress).values
-    for record in records:
+    for record in records if required else []:
         for m in record.media:
             if m not in found:
                 file, _, where = record.origin.rpartition(":")
@@ -299,7 +314,7 @@ def present_benchmarks(data_root: Path) -> list[str]:
 
 def _decontaminate(candidates: list[Candidate], hashes: dict[Path, str], spec: DecontaminateSpec, base: Path,
                    names: list[str], removed: list[dict], contaminated: Counter, cache: MediaCache | None,
-                   workers: int, progress: bool) -> tuple[list[Candidate], list[str]]:
+                   workers: int, progress: bool) -> tuple[list[Candidate], list[str], list[str]]:
     from framethink.eval.benchmarks import load_benchmark
 
     data_root = _resolve(base, spec.data_root)
@@ -311,13 +326,18 @@ def _decontaminate(candidates: list[Candidate], hashes: dict[Path, str], spec: D
                         "decontaminate against")
     by_hash: dict[str, str] = {}
     by_question: dict[str, str] = {}
+    unreadable: list[str] = []  # evaluation media that do not exist: compared by question only
     for name in benchmarks:
         bench = load_benchmark(name, data_root)
-        eval_hashes = _hashes(bench.records, cache, workers, progress) if "video" in spec.match else {}
+        eval_hashes = _hashes(bench.records, cache, workers, progress, required=False) \
+            if "video" in spec.match else {}
         for record in bench.records:
             label = f"{bench.name} item {record.id}"
-            for m in record.media if eval_hashes else []:
-                by_hash.setdefault(eval_hashes[m], f"{label} ({m})")
+            for m in record.media if "video" in spec.match else []:
+                if m in eval_hashes:
+                    by_hash.setdefault(eval_hashes[m], f"{label} ({m})")
+                else:
+                    unreadable.append(f"{label}: {m}")
             by_question.setdefault(normalized_question(record.question), label)
     kept = []
     for candidate in candidates:
@@ -332,13 +352,14 @@ def _decontaminate(candidates: list[Candidate], hashes: dict[Path, str], spec: D
         reason, detail = ("same video", f"media {record.media[0]} has the content of {video}") if video else \
             ("same question", f"question {record.question[:80]!r} is that of {question}")
         removed.append(_removal(candidate, names, reason, detail))
-    return kept, list(benchmarks)
+    return kept, list(benchmarks), unreadable
 
 
 def _select(spec: MixSpec, candidates: list[Candidate]) -> list[Candidate]:
     """Each subset's quota, drawn by a seeded permutation per (subset, problem type); kept in input order."""
     ratios = [s.ratio for s in spec.subsets if s.ratio is not None]
-    from_ratio = iter(largest_remainder(spec.total, ratios)) if ratios else iter(())
+    shared = (spec.total or 0) - sum(s.count for s in spec.subsets if s.count is not None)
+    from_ratio = iter(largest_remainder(shared, ratios)) if ratios else iter(())
     chosen: list[Candidate] = []
     for index, subset in enumerate(spec.subsets):
         pool = [c for c in candidates if c.subset == index]
