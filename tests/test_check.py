@@ -1,4 +1,5 @@
-"""`framethink data check` (SPEC 1): every planted fault is reported with its line and field."""
+"""`framethink data check`: every planted fault is reported with its line and field; the decode check runs over
+processes, writes the bad records as JSON lines, and a re-check skips unchanged media."""
 from __future__ import annotations
 
 import json
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from PIL import Image
 
 from framethink.cli import main
 from framethink.data.check import check_dataset
+from framethink.data.mediacache import MediaCache
 
 
 def write_mp4(path: Path, frames: int = 6) -> Path:
@@ -37,6 +40,11 @@ def mc(path: str, **kwargs) -> dict:
            "problem_type": "multiple choice", "options": ["A. red", "B. blue"], "solution": "<answer>A</answer>",
            "path": path, "data_source": "synthetic/colours"}
     return {**row, **kwargs}
+
+
+@pytest.fixture(autouse=True)
+def media_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the CLI's default media cache stays in the test
 
 
 def normalised(text: str) -> list[str]:
@@ -103,3 +111,53 @@ def test_clean_dataset_passes_with_counts(tmp_path, capsys):
     # without --root the media resolve against the file's folder, where they are not
     assert main(["data", "check", str(path)]) == 1
     assert sum("no such file" in line for line in normalised(capsys.readouterr().out)) == 3
+
+
+def clip_rows(folder: Path, count: int) -> list[dict]:
+    rows = []
+    for i in range(count):
+        write_mp4(folder / f"{i}.mp4", frames=3)
+        rows.append(mc(f"{i}.mp4", problem_id=i))
+    return rows
+
+
+def test_parallel_check_equals_the_serial_one_and_writes_the_bad_records(tmp_path, capsys):
+    rows = clip_rows(tmp_path, 8)
+    (tmp_path / "3.mp4").write_bytes(b"not a video")
+    (tmp_path / "5.mp4").unlink()
+    rows.append(mc("0.mp4", problem_id=8, options="A. red"))  # a schema fault next to media faults
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    serial, parallel = check_dataset(path), check_dataset(path, workers=2)
+    faults = [(e.where, e.field, e.reason) for e in serial.errors]
+    assert faults == [(e.where, e.field, e.reason) for e in parallel.errors]
+    assert [(w, f) for w, f, _ in faults] == [("4", "path"), ("6", "path"), ("9", "options")]
+    assert (parallel.good, parallel.bad, parallel.media_files) == (6, 3, 8)
+
+    report = tmp_path / "bad.jsonl"
+    assert main(["data", "check", str(path), "--workers", "2", "--no-cache", "--report", str(report)]) == 1
+    assert "3 bad records written to" in capsys.readouterr().out
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(b["where"], b["id"], [f["field"] for f in b["faults"]]) for b in lines] == [
+        ("4", "3", ["path"]), ("6", "5", ["path"]), ("9", None, ["options"])]
+    assert lines[1]["faults"][0]["reason"].endswith("5.mp4: no such file") and lines[0]["file"] == str(path)
+
+
+def test_a_recheck_skips_unchanged_media(tmp_path):
+    rows = clip_rows(tmp_path / "media", 6)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(rows))
+    cache = MediaCache(tmp_path / "cache.sqlite")
+
+    first = check_dataset(path, root=tmp_path / "media", cache=cache, workers=2)
+    assert first.ok and (first.media_files, first.media_cached) == (6, 0)
+    again = check_dataset(path, root=tmp_path / "media", cache=MediaCache(tmp_path / "cache.sqlite"))
+    assert again.ok and again.media_cached == 6  # read back from the file by a new process's cache
+
+    broken = tmp_path / "media" / "2.mp4"
+    broken.write_bytes(broken.read_bytes()[:40])  # changed size: checked again, and now it fails
+    write_mp4(tmp_path / "media" / "4.mp4", frames=5)  # rewritten: new size and mtime
+    after = check_dataset(path, root=tmp_path / "media", cache=cache)
+    assert after.media_cached == 4 and [e.where for e in after.errors] == ["[2]"]
+    assert check_dataset(path, root=tmp_path / "media", cache=cache).media_cached == 6  # the failure is cached too

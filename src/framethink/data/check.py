@@ -53,7 +53,7 @@ class CheckReport:
     def render(self) -> str:
         """A summary table, then every fault (file:line field reason) when anything is wrong."""
         lines = [f"dataset {self.file}", f"rows {self.good + self.bad}   good {self.good}   bad {self.bad}",
-                 f"media files {self.media_files}   decoded {self.media_files - self.media_cached}   "
+                 f"media files {self.media_files}   checked now {self.media_files - self.media_cached}   "
                  f"unchanged since the last check {self.media_cached}", ""]
         for title, counts in (("data_type", self.by_data_type), ("problem_type", self.by_problem_type),
                               ("data_source", self.by_source)):
