@@ -37,7 +37,9 @@ class FrameRule:
 class Clip:
     frames: np.ndarray  # [T, H, W, 3] uint8, in the requested order
     fps: float  # the real sampling rate (unchanged by reordering)
-    meta: dict  # num_frames, fps, and the permutation of a shuffled clip
+    # num_frames, fps (the sampling rate), indices (the frames' indices in the decoded video) and timestamps (their
+    # seconds) in temporal order whatever the frame order, and the permutation of a shuffled clip
+    meta: dict
 
 
 class ClipReader:
@@ -62,7 +64,9 @@ class ClipReader:
         """The record's frames in `frame_order`; a shuffled clip uses one seeded permutation (SPEC 5)."""
         check_frame_order(frame_order)
         sampled = self.sample(record)
-        frames, meta = sampled.frames, {"num_frames": len(sampled.frames), "fps": sampled.fps}
+        frames = sampled.frames
+        meta = {"num_frames": len(frames), "fps": sampled.fps, "indices": sampled.indices.tolist(),
+                "timestamps": sampled.timestamps.tolist()}
         if frame_order == "shuffled":
             frames, perm = permute_frames(frames, seed)
             meta["permutation"] = perm.tolist()

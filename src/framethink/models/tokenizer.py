@@ -98,20 +98,29 @@ def default_corpus() -> list[str]:
     return texts + list(_QA_CORPUS)
 
 
-def build_offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 768) -> PreTrainedTokenizerFast:
+def build_offline_tokenizer(
+    corpus: list[str] | None = None,
+    vocab_size: int = 768,
+    *,
+    tokenizer_class: type[PreTrainedTokenizerFast] = Qwen2Tokenizer,
+    pretokenize_regex: str = PRETOKENIZE_REGEX,
+    chat_template: str = QWEN2_VL_CHAT_TEMPLATE,
+    added_tokens: tuple[str, ...] = (),
+) -> PreTrainedTokenizerFast:
     """Train a Qwen-style byte-level BPE on `corpus` (default: `default_corpus()`) and wrap it as
-    transformers' `Qwen2Tokenizer`.
+    transformers' `tokenizer_class` (default `Qwen2Tokenizer`, with its pre-tokenizer `pretokenize_regex`).
 
-    `vocab_size` counts the BPE tokens (256 bytes + merges); Qwen's 14 special tokens and the 4
-    reasoning tags follow them, so `len(tokenizer) == vocab_size + 18`. Training is deterministic.
-    Raises ConfigError if the corpus is too small to reach `vocab_size`.
+    `vocab_size` counts the BPE tokens (256 bytes + merges); Qwen's 14 special tokens, the 4 reasoning tags
+    and `added_tokens` (ordinary tokens a family adds, e.g. Qwen3's tool-call tokens) follow them, so
+    `len(tokenizer) == vocab_size + 18 + len(added_tokens)` (a tag listed again is not added twice).
+    Training is deterministic. Raises ConfigError if the corpus is too small to reach `vocab_size`.
     """
     texts = default_corpus() if corpus is None else list(corpus)
     bpe = Tokenizer(models.BPE())  # the pipeline transformers' Qwen2Tokenizer builds
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pretokenize_regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -131,17 +140,18 @@ def build_offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 7
     merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]  # [(left, right)] in rank order
 
     # eos/pad are set after the special tokens are added so that the ids follow Qwen's order.
-    tokenizer = Qwen2Tokenizer(
+    tokenizer = tokenizer_class(
         vocab=vocab,
         merges=merges,
         unk_token=None,
         eos_token=None,
         pad_token=None,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=32768,
     )
     specials = [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS]
     tokenizer.add_tokens(specials, special_tokens=True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TAGS])
+    ordinary = list(dict.fromkeys(REASONING_TAGS + tuple(added_tokens)))
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ordinary])
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2.5-VL-Instruct
     return tokenizer
