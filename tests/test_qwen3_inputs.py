@@ -8,17 +8,18 @@ import pytest
 import torch
 from transformers import AutoProcessor, AutoTokenizer
 
+from framethink.data.video import qwen3_frame_indices, sample_frames
 from framethink.errors import ConfigError
 from framethink.models.qwen3_vl.inputs import (
     Qwen3VisionProcessor,
     VideoClip,
     build_qwen3_inputs,
-    sample_frame_indices,
     temporal_patch_times,
     video_max_pixels,
     video_smart_resize,
 )
 from framethink.models.qwen3_vl.tiny import TINY_IMAGE_PIXELS, TINY_VIDEO_PIXELS, build_tiny_qwen3
+from helpers_video import decoded_indices, index_frames, write_video
 
 ARCHS = ("qwen3-vl", "qwen3.5")
 QUESTION = {"type": "text", "text": "Which colour comes first?\nOptions:\nA. red\nB. blue\n"}
@@ -147,16 +148,28 @@ def test_text_only_prompt_bit_exact(tiny_dir):
 
 def test_sample_frame_indices_by_hand():
     # 9 frames at 4 fps sampled at 2 fps: int(9 / 4 * 2) = 4 frames at round(linspace(0, 8, 4)) = 0, 2.67, 5.33, 8
-    assert sample_frame_indices(9, 4.0, fps=2.0).tolist() == [0, 3, 5, 8]
+    assert qwen3_frame_indices(9, 4.0, fps=2.0).tolist() == [0, 3, 5, 8]
     # 75 frames at 10 fps, 1 fps: 7 (odd, never rounded to the temporal patch)
-    assert sample_frame_indices(75, 10.0, fps=1.0).tolist() == [0, 12, 25, 37, 49, 62, 74]
+    assert qwen3_frame_indices(75, 10.0, fps=1.0).tolist() == [0, 12, 25, 37, 49, 62, 74]
     # fewer than min_frames: the minimum 4, but never more than the video has
-    assert sample_frame_indices(3, 30.0).tolist() == [0, 1, 2]
-    assert sample_frame_indices(40, 30.0).tolist() == [0, 13, 26, 39]
+    assert qwen3_frame_indices(3, 30.0).tolist() == [0, 1, 2]
+    assert qwen3_frame_indices(40, 30.0).tolist() == [0, 13, 26, 39]
     # max_frames caps a long video
-    assert len(sample_frame_indices(3000, 30.0, fps=2.0, max_frames=16)) == 16
+    assert len(qwen3_frame_indices(3000, 30.0, fps=2.0, max_frames=16)) == 16
     with pytest.raises(ValueError, match="fps"):
-        sample_frame_indices(10, 0.0)
+        qwen3_frame_indices(10, 0.0)
+
+
+def test_frame_rule_qwen3_decodes_those_frames(tmp_path):
+    """Frame rule "qwen3" samples a video file by the same indices (inside MVBench-style bounds too)."""
+    video = write_video(tmp_path / "clip.mp4", index_frames(40), 10)  # 4 s at 10 fps
+    sampled = sample_frames(video, rule="qwen3", fps=1.0, min_frames=4, max_frames=768)
+    assert sampled.indices.tolist() == qwen3_frame_indices(40, 10.0, fps=1.0).tolist() == [0, 13, 26, 39]
+    assert decoded_indices(sampled.frames).tolist() == [0, 13, 26, 39]
+    assert sampled.timestamps.tolist() == [0.0, 1.3, 2.6, 3.9]
+    bounded = sample_frames(video, rule="qwen3", fps=3.0, start=1.0, end=3.0)  # frames 10 .. 30
+    assert bounded.indices.tolist() == (10 + qwen3_frame_indices(21, 10.0, fps=3.0)).tolist()
+    assert len(bounded.indices) == 6
 
 
 def test_temporal_patch_times_by_hand():

@@ -244,7 +244,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.frame_rule": ("qwen", "uniform"),
+    "data.frame_rule": ("qwen", "uniform", "qwen3"),
     "rl.algorithm": ("grpo", "tgrpo"),
     "rl.normalization": ("sequence", "constant", "token"),
     "optim.schedule": ("cosine", "linear", "constant"),

@@ -20,7 +20,7 @@ from PIL import Image
 from framethink.errors import ConfigError, VideoDecodeError
 
 FRAME_FACTOR = 2  # Qwen-VL frame counts are even: temporal_patch_size is 2
-SAMPLING_RULES = ("qwen", "uniform")
+SAMPLING_RULES = ("qwen", "uniform", "qwen3")
 # Frame threads (FFmpeg's automatic count, from the cores this process may use) hand every frame from thread to
 # thread, ~20-30 us a frame. On 2 cores, for a 64x64 or 96x96 H.264 stream that is 40 % more CPU than decoding
 # alone and slower even at best; from 128x128 up the threads win whenever a core is free. Smaller frames decode on
@@ -64,6 +64,25 @@ def smart_nframes(
     return math.floor(nframes / FRAME_FACTOR) * FRAME_FACTOR
 
 
+def qwen3_frame_indices(
+    total_frames: int, video_fps: float, *, fps: float = 2.0, min_frames: int = 4, max_frames: int = 768
+) -> np.ndarray:
+    """Indices [N] int64 of the frames Qwen3-VL / Qwen3.5 sample from `total_frames` frames at `video_fps`.
+
+    transformers `Qwen3VLVideoProcessor.sample_frames` (models/qwen3_vl/video_processing_qwen3_vl.py):
+    N = int(total / video_fps * fps), clamped to [min_frames, max_frames] and to total; indices =
+    round(linspace(0, total - 1, N)). N may be odd: nothing rounds it to the temporal patch (the processor repeats
+    the last frame). Raises ValueError without frames or a positive frame rate (transformers would assume 24 fps).
+    """
+    if total_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {total_frames}")
+    if not video_fps > 0 or not fps > 0:
+        raise ValueError(f"sampling by fps needs the video's fps > 0 and fps > 0; got video fps {video_fps}, fps {fps}")
+    num_frames = int(total_frames / video_fps * fps)
+    num_frames = min(max(num_frames, min_frames), max_frames, total_frames)
+    return np.linspace(0, total_frames - 1, num_frames).round().astype(np.int64)
+
+
 def sample_frames(
     path: str | Path,
     *,
@@ -85,6 +104,7 @@ def sample_frames(
     round(linspace(first, last, n)); a range of one frame gives that frame (the patchifier repeats it).
     rule "uniform" (TinyLLaVA-Video): exactly `num_frames` frames at
     linspace(first, last, num_frames) truncated to integers, as the reference's `np.linspace(..., dtype=int)`.
+    rule "qwen3" (Qwen3-VL / Qwen3.5's video processor): `qwen3_frame_indices` over the frames in range.
     `start`/`end` (seconds, MVBench bounds) restrict sampling to frames ceil(start*fps) .. floor(end*fps), as
     qwen-vl-utils' `calculate_video_frame_range`; an end past the clip is cut at the last frame, as both
     qwen-vl-utils and MVBench do; a start outside the clip or an end not after the start raise.
@@ -107,6 +127,8 @@ def sample_frames(
     elif rule == "qwen":
         nframes = smart_nframes(count, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
         indices = np.round(np.linspace(first, last, nframes)).astype(np.int64)
+    elif rule == "qwen3":
+        indices = first + qwen3_frame_indices(count, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
     else:
         indices = np.linspace(first, last, num_frames, dtype=np.int64)
     if folder is not None:

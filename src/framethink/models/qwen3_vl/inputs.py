@@ -4,7 +4,7 @@ Both families use one processor (transformers `models/qwen3_vl/processing_qwen3_
 - images: Qwen2-VL's image processor with patch 16 and mean = std = 0.5 (`Qwen2VLImageProcessor`), i.e.
   `framethink.models.qwen_vl.inputs.QwenVisionProcessor` with those settings;
 - videos: `Qwen3VLVideoProcessor` (`video_processing_qwen3_vl.py`): frames sampled by fps
-  (`sample_frame_indices`), one smart resize over the whole clip (`video_smart_resize`, the budget counts the
+  (`framethink.data.video.qwen3_frame_indices`, frame rule "qwen3"), one smart resize over the whole clip (`video_smart_resize`, the budget counts the
   pixels of every frame), optionally capped per frame (`video_max_pixels`), then the same normalise and
   patchify as Qwen2-VL;
 - the prompt: every temporal patch (2 frames) of a video is written as `<{t:.1f} seconds>` followed by
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from framethink.data.video import qwen3_frame_indices
 from framethink.errors import ConfigError
 from framethink.models.qwen_vl.inputs import (
     IMAGE_TOKEN,
@@ -45,25 +46,6 @@ VISION_END = "<|vision_end|>"
 VIDEO_WRAPPER = VISION_START + VIDEO_TOKEN + VISION_END  # what the chat template writes for one video
 PROCESSOR_CLASS = "Qwen3VLProcessor"
 _BICUBIC = 3  # PIL's BICUBIC, the only resample Qwen-VL uses
-
-
-def sample_frame_indices(
-    total_frames: int, video_fps: float, *, fps: float = 2.0, min_frames: int = 4, max_frames: int = 768
-) -> np.ndarray:
-    """Indices [N] int64 of the frames Qwen3-VL samples from a video of `total_frames` frames at `video_fps`.
-
-    transformers `Qwen3VLVideoProcessor.sample_frames`: N = int(total / video_fps * fps), clamped to
-    [min_frames, max_frames] and to total; indices = round(linspace(0, total - 1, N)). N may be odd (unlike
-    Qwen2.5-VL's rule, nothing rounds it to the temporal patch). Raises ValueError for a video without frames
-    or without a positive frame rate (transformers would assume 24 fps).
-    """
-    if total_frames < 1:
-        raise ValueError(f"a video needs at least one frame, got {total_frames}")
-    if not video_fps > 0 or not fps > 0:
-        raise ValueError(f"sampling by fps needs the video's fps > 0 and fps > 0; got video fps {video_fps}, fps {fps}")
-    num_frames = int(total_frames / video_fps * fps)
-    num_frames = min(max(num_frames, min_frames), max_frames, total_frames)
-    return np.linspace(0, total_frames - 1, num_frames).round().astype(np.int64)
 
 
 def temporal_patch_times(frame_times: np.ndarray | list[float], temporal_patch_size: int = 2) -> list[float]:
@@ -270,8 +252,9 @@ class Qwen3VisionProcessor:
         (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
 
     def sample_indices(self, total_frames: int, video_fps: float) -> np.ndarray:
-        """`sample_frame_indices` with this processor's fps and frame bounds."""
-        return sample_frame_indices(
+        """`framethink.data.video.qwen3_frame_indices` with this processor's fps and frame bounds (frame rule
+        "qwen3" samples clips by it)."""
+        return qwen3_frame_indices(
             total_frames, video_fps, fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames
         )
 
