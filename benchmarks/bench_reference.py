@@ -33,9 +33,8 @@ from framethink.models.adapter import EncodedPrompt
 from framethink.models.qwen_vl.adapter import QwenVLAdapter
 from framethink.models.sampling import Completions
 from framethink.models.tiny import build_tiny
-from framethink.rewards import accuracy_reward
-from framethink.rl.advantages import group_advantages, temporal_bonus
-from framethink.rl.loss import grpo_loss
+from framethink.rl.advantages import compute_advantages, temporal_bonus
+from framethink.rl.loss import LossBatch, loss_settings, policy_loss
 from framethink.rl.rollout import score_group
 
 PIXEL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -124,12 +123,13 @@ class ReferenceDesign:
             for i, r in enumerate(records):
                 total, components = score_group(texts[i * g:(i + 1) * g], lengths[i * g:(i + 1) * g], r, rl)
                 rewards[i], acc[i] = torch.tensor(total), torch.tensor(components["accuracy"])
-                acc_shuffled[i] = torch.tensor([accuracy_reward(t, r.answer, r.problem_type)
-                                                for t in shuffled_texts[i * gs:(i + 1) * gs]])
+                _, shuffled_components = score_group(shuffled_texts[i * gs:(i + 1) * gs],
+                                                     done_shuffled.lengths[i * gs:(i + 1) * gs].tolist(), r, rl)
+                acc_shuffled[i] = torch.tensor(shuffled_components["accuracy"])
             bonus = temporal_bonus(acc, acc_shuffled, torch.ones(b, dtype=torch.bool), alpha=rl.temporal_alpha,
                                    mu=rl.temporal_mu, strict=rl.temporal_strict)
-            advantages = group_advantages(rewards + bonus.bonus, scale_by_std=rl.scale_by_std, eps=rl.advantage_eps,
-                                          noise_std=rl.advantage_noise, generator=run.state.generator)
+            advantages = compute_advantages(rewards + bonus.bonus, rl.advantage, eps=rl.advantage_eps,
+                                            noise_std=rl.advantage_noise, generator=run.state.generator)
             advantages = advantages.reshape(-1)  # [B*G]
             t1 = time.perf_counter()
             rows = collate(ordered, pad, repeats=g)  # pixels repeated per completion
@@ -138,8 +138,7 @@ class ReferenceDesign:
             t2 = time.perf_counter()
             model.train()
             logp = self.logprobs(model, rows, done)
-            loss, _ = grpo_loss(logp, None, ref_logp, advantages, done.mask, epsilon=rl.epsilon, beta=rl.beta,
-                                normalization=rl.normalization, max_completion_length=rl.max_new_tokens)
+            loss, _ = policy_loss(rl.loss, LossBatch(logp, None, ref_logp, advantages, done.mask), loss_settings(rl))
             loss.backward()
             run.state.optimizer_step()  # the trainer's: clip, AdamW, zero the gradients
             run.state.scheduler.step()

@@ -1,6 +1,6 @@
 """Shared set-up of the benchmark scripts: threads, timing, synthetic records and clips, recipes, one
-framethink RL step (the body of `framethink.rl.trainer.train_rl`'s loop) with its phases timed, the adapter
-with prefix sharing turned off, and adapters with frozen-tower reuse turned off.
+framethink RL step (`framethink.rl.step.rl_step`, the very function `train_rl` calls) with its phases timed, the
+adapter with prefix sharing turned off, and adapters with frozen-tower reuse turned off.
 
 Every script prints one JSON object (settings, min/median/max seconds, ratios) and a short table; the numbers
 in BENCHMARKS.md are copied from those outputs.
@@ -27,14 +27,14 @@ from framethink.config import TrainConfig, load_config
 from framethink.data.records import Record, load_records
 from framethink.data.synth import write_synthetic_dataset
 from framethink.engine import (
-    RunLogger, TrainingRun, build_optimizer, build_scheduler, make_accelerator, seed_everything, start_run,
-    trainable_parameters,
+    RunLogger, TrainingRun, build_optimizer, build_scheduler, make_accelerator, schedule_horizon, seed_everything,
+    start_run, trainable_parameters,
 )
 from framethink.models.adapter import EncodedPrompt
 from framethink.models.base import CACHE_ARGUMENT, FrozenTowerCache, Prefill
 from framethink.models.qwen_vl.adapter import QwenVLAdapter
-from framethink.rl.rollout import Rollout, collect_rollout
-from framethink.rl.trainer import policy_update, reference_logprobs
+from framethink.rl.step import RLRun, Rollout, rl_step
+from framethink.rl.trainer import needs_reference
 
 
 def limit_threads(threads: int = 1) -> None:
@@ -72,7 +72,7 @@ def print_result(name: str, result: dict) -> None:
 
 # ---------------------------------------------------------------------------- data
 def write_image_records(out: Path, n: int, *, size: int = 112, seed: int = 0) -> Path:
-    """`n` random-noise PNG images of `size` x `size` and multiple-choice Video-R1 records (SPEC 1.1) about them."""
+    """`n` random-noise PNG images of `size` x `size` and multiple-choice Video-R1 records  about them."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
@@ -150,11 +150,11 @@ class PerRowAdapter(QwenVLAdapter):
 # ---------------------------------------------------------------------------- one framethink step
 @dataclass
 class StepTimes:
-    """Seconds spent in each phase of one RL step."""
+    """Seconds spent in each phase of one RL step (`rl_step`'s own phase times)."""
 
     generate: float  # adapter.generate: prefill + sampling of every row (ordered and shuffled)
-    rollout: float  # collect_rollout in all: encode + generate + rewards + advantages
-    reference: float  # reference (and old-policy) log-probs
+    rollout: float  # sampling in all: encode + generate + rewards
+    reference: float  # advantages, reference (and old-policy) log-probs
     update: float  # policy forward, loss, backward, optimiser step
     vision_calls: int  # vision-encoder calls during the step (policy and reference model)
     vision_clips: int  # images / clips those calls encoded
@@ -169,12 +169,10 @@ class StepTimes:
 
 @dataclass
 class FramethinkRun:
-    """`train_rl`'s state (the engine's `TrainingRun`: adapter, optimiser, schedule, RNG), its reference model and
-    records, and its step body with the phases timed."""
+    """The state `train_rl` steps (the engine's `TrainingRun`: adapter, optimiser, schedule, RNG, reference
+    model; and the records), stepped by `rl_step` with its phases timed."""
 
-    state: TrainingRun
-    records: list[Record]
-    ref_model: torch.nn.Module | None
+    run: RLRun
     last_rollout: Rollout | None = None
 
     @classmethod
@@ -182,26 +180,33 @@ class FramethinkRun:
         """The state `train_rl` starts from; `adapter_cls` swaps in another adapter class (`PerRowAdapter`), and
         `tower_reuse=False` turns frozen-tower reuse off."""
         seed_everything(config.run.seed)
-        state = start_run(config, make_accelerator(config), resume=False)
+        records = load_records(config.data.train_file, root=config.data.root)
+        state = start_run(config, make_accelerator(config), resume=False, reference=needs_reference(config),
+                          num_records=len(records))
         if adapter_cls is not None or not tower_reuse:
             state.adapter = convert(state.adapter, adapter_cls or type(state.adapter), tower_reuse=tower_reuse)
-        records = load_records(config.data.train_file, root=config.data.root)
-        return cls(state, records, reference_model(state.adapter, config))
+        return cls(RLRun(state, records))
 
     @classmethod
     def from_adapter(cls, config: TrainConfig, adapter, records: list[Record], out: Path) -> FramethinkRun:
-        """The same state around an adapter built in memory (a randomly initialised real-size model)."""
+        """The same state around an adapter built in memory (a randomly initialised real-size model); the reference
+        is a frozen copy of it, as `start_run` makes one."""
+        reference = copy.deepcopy(adapter.model).eval().requires_grad_(False) if needs_reference(config) else None
         if config.model.gradient_checkpointing:
             adapter.model.gradient_checkpointing_enable()
         params, lora = trainable_parameters(adapter, config)
         optimizer = build_optimizer(params, config.optim)
+        scheduler = build_scheduler(optimizer, config.optim, schedule_horizon(config, len(records), 1))
         state = TrainingRun(
             config=config, accelerator=make_accelerator(config), out=out, adapter=adapter, params=params, lora=lora,
-            optimizer=optimizer, scheduler=build_scheduler(optimizer, config.optim, config.run.max_steps),
-            generator=torch.Generator().manual_seed(config.run.seed), start_step=0,
-            logger=RunLogger(out, ["none"], enabled=False),
+            optimizer=optimizer, scheduler=scheduler, generator=torch.Generator().manual_seed(config.run.seed),
+            start_step=0, logger=RunLogger(out, ["none"], enabled=False), reference=reference,
         )
-        return cls(state, records, reference_model(adapter, config))
+        return cls(RLRun(state, records))
+
+    @property
+    def state(self) -> TrainingRun:
+        return self.run.engine
 
     @property
     def adapter(self):
@@ -211,39 +216,30 @@ class FramethinkRun:
     def config(self) -> TrainConfig:
         return self.state.config
 
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        return self.state.reference
+
+    @property
+    def records(self) -> list[Record]:
+        return self.run.records
+
     def batch(self, step: int) -> list[Record]:
-        b = self.config.optim.prompts_per_step
-        return [self.records[(step * b + i) % len(self.records)] for i in range(b)]
+        """The step's records in the trainer's data order."""
+        return [self.records[i] for i in self.state.batch_indices(step, len(self.records))]
 
     def step(self, step: int) -> StepTimes:
-        """One step as `train_rl` runs it: rollout, reference log-probs, policy update."""
-        config, adapter = self.config, self.adapter
-        sync = torch.cuda.synchronize if adapter.model.device.type == "cuda" else (lambda: None)
+        """One step as `train_rl` runs it: `rl_step`, with the vision calls and the generation counted."""
+        adapter = self.adapter
         with count_vision_calls(adapter.model, self.ref_model) as calls, time_method(adapter, "generate") as gen:
-            c0, t0 = time.process_time(), time.perf_counter()
-            adapter.model.eval()
-            rollout = collect_rollout(adapter, self.batch(step), config.rl, template=config.data.template,
-                                      seed=config.run.seed * 1_000_003 + step, generator=self.state.generator)
-            sync()
-            t1 = time.perf_counter()
-            if config.rl.num_iterations > 1:
-                rollout.old_logp = reference_logprobs(adapter, rollout, adapter.model)
-            if self.ref_model is not None:
-                rollout.ref_logp = reference_logprobs(adapter, rollout, self.ref_model)
-            sync()
-            t2 = time.perf_counter()
-            adapter.model.train()
-            policy_update(adapter, rollout, self.state)
-            sync()
-            t3, c3 = time.perf_counter(), time.process_time()
-        self.last_rollout = rollout
-        return StepTimes(generate=gen[0], rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
-                         vision_clips=calls[1], rows=gen[1], completion_tokens=gen[2], cpu=c3 - c0)
-
-
-def reference_model(adapter, config: TrainConfig) -> torch.nn.Module | None:
-    """A frozen copy of the policy, as `train_rl` makes it; none at beta 0 (SPEC 5)."""
-    return copy.deepcopy(adapter.model).eval().requires_grad_(False) if config.rl.beta > 0 else None
+            c0 = time.process_time()
+            result = rl_step(self.run, self.batch(step), step)
+            c1 = time.process_time()
+        self.last_rollout = result.rollout
+        m = result.metrics
+        return StepTimes(generate=gen[0], rollout=m["time/rollout"], reference=m["time/reference"],
+                         update=m["time/update"], vision_calls=calls[0], vision_clips=calls[1], rows=gen[1],
+                         completion_tokens=gen[2], cpu=c1 - c0)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Hand-computed GRPO advantages and T-GRPO temporal bonus (SPEC 5)."""
+"""Hand-computed advantages (GRPO, Dr. GRPO, RLOO, noise) and the T-GRPO temporal bonus (docs/method.md)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from framethink.rl.advantages import group_advantages, temporal_bonus
+from framethink.errors import ConfigError
+from framethink.rl.advantages import ADVANTAGES, compute_advantages, get_advantage, temporal_bonus
+
+
+def group_advantages(rewards, *, scale_by_std=True, **kwargs):
+    return compute_advantages(rewards, "grpo" if scale_by_std else "dr_grpo", **kwargs)
 
 
 def test_single_group_hand_values():
@@ -48,6 +53,20 @@ def test_noise_with_seeded_generator():
     big = group_advantages(torch.zeros(512, 8), noise_std=0.02, generator=torch.Generator().manual_seed(1))
     assert abs(big.std().item() - 0.02) < 0.001
     assert abs(big.mean().item()) < 0.001
+
+
+def test_rloo_leave_one_out_hand_values():
+    # A_i = r_i - mean_{j != i} r_j: [1 - 0, 0 - 1/3, 0 - 1/3, 0 - 1/3]; [3 - 5/3, 3 - 5/3, 1 - 7/3, 1 - 7/3]
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [3.0, 3.0, 1.0, 1.0]])
+    expected = torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3], [4 / 3, 4 / 3, -4 / 3, -4 / 3]])
+    torch.testing.assert_close(compute_advantages(rewards, "rloo"), expected)
+    torch.testing.assert_close(compute_advantages(rewards, "rloo"), 4 / 3 * compute_advantages(rewards, "dr_grpo"))
+
+
+def test_registry():
+    assert set(ADVANTAGES) == {"grpo", "dr_grpo", "rloo"}
+    with pytest.raises(ConfigError, match="rloo"):
+        get_advantage("ppo")
 
 
 def test_advantage_shape_errors():

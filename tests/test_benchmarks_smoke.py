@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmarks.common as common
+import framethink.rl.step as step_module
+import framethink.rl.trainer as trainer
 from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, bench_reference, bench_trl
 from benchmarks.common import FramethinkRun, PerRowAdapter, convert, rl_config, write_video_records
 from fixtures_models import SMALL_SIZES
@@ -125,3 +128,25 @@ def test_rl_gain_pairs_items_for_mcnemar():
     assert paired_change(before, after) == {"gained": 2, "lost": 1, "z": pytest.approx(1 / 3**0.5)}
     assert mcnemar_z(41, 25) == pytest.approx(16 / 66**0.5)
     assert mcnemar_z(0, 0) == 0.0
+
+
+def test_trainer_and_benchmarks_step_through_the_same_function(tmp_path: Path, tiny_qwen25_vl_dir: Path,
+                                                              monkeypatch) -> None:
+    assert trainer.rl_step is common.rl_step is step_module.rl_step  # one step function, imported by both
+    calls: list[tuple[str, int]] = []
+
+    def spy(where):
+        def record(run, batch, step):
+            calls.append((where, step))
+            return step_module.rl_step(run, batch, step)
+        return record
+
+    monkeypatch.setattr(trainer, "rl_step", spy("trainer"))
+    monkeypatch.setattr(common, "rl_step", spy("benchmark"))
+    train_file = write_video_records(tmp_path / "clips", 2, num_frames=4, size=56)
+    config = rl_config(tiny_qwen25_vl_dir, train_file, "rl.num_generations=2", "rl.num_shuffled=1",
+                       "rl.max_new_tokens=2", "optim.prompts_per_step=1", "run.max_steps=1")
+    times = FramethinkRun.build(config).step(0)
+    trainer.train_rl(config, quiet=True)
+    assert calls == [("benchmark", 0), ("trainer", 0)]
+    assert times.rows == 3 and times.update > 0

@@ -111,8 +111,11 @@ def test_overrides_parse_values_and_reach_nested_sections():
     [
         ("video-r1.yaml", ["rl.algorithm=grpo"], {"rl.algorithm": "grpo"}),  # T-GRPO -> GRPO
         ("video-r1.yaml", ["rl.beta=0"], {"rl.beta": 0.0}),  # "Del KL"
-        ("video-r1.yaml", ["rl.scale_by_std=false", "rl.normalization=constant"],  # Dr. GRPO
-         {"rl.scale_by_std": False, "rl.normalization": "constant"}),
+        ("video-r1.yaml", ["rl.advantage=dr_grpo", "rl.normalization=constant"],  # Dr. GRPO
+         {"rl.advantage": "dr_grpo", "rl.normalization": "constant"}),
+        ("video-r1.yaml", ["rl.advantage=rloo"], {"rl.advantage": "rloo"}),
+        ("video-r1.yaml", ["rl.loss=gspo"], {"rl.loss": "gspo"}),
+        ("video-r1.yaml", ["rl.loss=dapo"], {"rl.loss": "dapo"}),
         ("video-r1.yaml", ["rl.rewards=[{name: accuracy}, {name: format}]"],  # no length reward
          {"rl.rewards": [{"name": "accuracy", "weight": 1.0, "params": {}},
                          {"name": "format", "weight": 1.0, "params": {}}]}),
@@ -120,7 +123,8 @@ def test_overrides_parse_values_and_reach_nested_sections():
         ("tinyllava-video-r1.yaml", ["rl.rewards=[{name: tinyllava, params: {variant: paper}}]"],  # paper's reward
          {"rl.rewards": [{"name": "tinyllava", "weight": 1.0, "params": {"variant": "paper"}}]}),
     ],
-    ids=["grpo", "del-kl", "dr-grpo", "no-length-reward", "no-advantage-noise", "tinyllava-paper-reward"],
+    ids=["grpo", "del-kl", "dr-grpo", "rloo", "gspo", "dapo", "no-length-reward", "no-advantage-noise",
+         "tinyllava-paper-reward"],
 )
 def test_each_paper_ablation_is_one_override(recipe_file, overrides, changed):
     base = load_config(RECIPES / recipe_file)

@@ -1,4 +1,5 @@
-"""Hand-computed GRPO loss values, gradients and diagnostics (SPEC 5)."""
+"""Hand-computed policy-loss values, gradients and diagnostics (docs/method.md, "Policy losses"): GRPO, DAPO,
+GSPO, GSPO-token, the KL guards and the step-level normalisation."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,26 @@ import math
 import pytest
 import torch
 
+from framethink.config import RLConfig
 from framethink.errors import ConfigError
-from framethink.rl.loss import grpo_loss
+from framethink.rl.loss import (
+    POLICY_LOSSES,
+    LossBatch,
+    LossSettings,
+    StepTotals,
+    aggregate,
+    k3_kl,
+    loss_settings,
+    policy_loss,
+)
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, epsilon=0.2, beta=0.04, normalization="sequence",
+              max_completion_length=None, name="grpo", epsilon_high=None, **guards):
+    """The loss `name` (GRPO by default) of one batch that is the whole step."""
+    settings = LossSettings(clip_low=epsilon, clip_high=epsilon if epsilon_high is None else epsilon_high, beta=beta,
+                            normalization=normalization, max_completion_length=max_completion_length or 0, **guards)
+    return policy_loss(name, LossBatch(logp, old_logp, ref_logp, advantages, mask), settings)
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # |o| = 3 and 2
 ADV = torch.tensor([1.0, -2.0])
@@ -128,3 +147,105 @@ def test_bad_arguments():
         grpo_loss(logp, None, None, ADV, MASK[:, :2])
     with pytest.raises(ValueError, match="advantages"):
         grpo_loss(logp, None, None, torch.zeros(3), MASK)
+
+
+def test_registry_and_each_loss_defaults():
+    assert set(POLICY_LOSSES) == {"grpo", "dapo", "gspo", "gspo-token"}
+    grpo = loss_settings(RLConfig())
+    assert (grpo.clip_low, grpo.clip_high, grpo.normalization, grpo.beta) == (0.2, 0.2, "sequence", 0.04)
+    dapo = loss_settings(RLConfig(loss="dapo"))  # clip-higher, one token mean over the step, no KL
+    assert (dapo.clip_low, dapo.clip_high, dapo.normalization, dapo.beta) == (0.2, 0.28, "token", 0.0)
+    gspo = loss_settings(RLConfig(loss="gspo"))
+    assert (gspo.clip_low, gspo.clip_high, gspo.normalization) == (3e-4, 4e-4, "sequence")
+    custom = loss_settings(RLConfig(loss="gspo", epsilon=0.1, normalization="token", kl_clamp=100.0))
+    assert (custom.clip_low, custom.clip_high, custom.normalization, custom.kl_clamp) == (0.1, 0.1, "token", 100.0)
+    assert loss_settings(RLConfig(epsilon=0.1, epsilon_high=0.3)).clip_high == 0.3
+    with pytest.raises(ConfigError, match="gspo-token"):
+        loss_settings(RLConfig(loss="ppo"))
+
+
+def test_dapo_clip_higher_and_batch_token_mean():
+    # rows of 2 and 1 tokens; ratios 1.3 (A = +1) and 0.7 (A = -1) clip at 1 + 0.28 and 1 - 0.2
+    ratio = torch.tensor([[1.3, 1.1], [0.7, 1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    logp = ratio.log().requires_grad_()
+    loss, diag = grpo_loss(logp, torch.zeros(2, 2), None, adv, mask, name="dapo", epsilon=0.2, epsilon_high=0.28,
+                           beta=0.0, normalization="token")
+    # min terms: 1.28 (clipped), 1.1, -0.8 (clipped); one mean over the 3 tokens
+    assert loss.item() == pytest.approx(-(1.28 + 1.1 - 0.8) / 3)
+    assert diag["clip_fraction"].item() == pytest.approx(2 / 3)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -1.1 / 3], [0.0, 0.0]]))
+    grpo, _ = grpo_loss(ratio.log(), torch.zeros(2, 2), None, adv, mask, beta=0.0, normalization="token")
+    assert grpo.item() == pytest.approx(-(1.2 + 1.1 - 0.8) / 3)  # symmetric 0.2 clips 1.3 at 1.2
+
+
+def test_dapo_has_no_kl_term():
+    logp, ref = torch.zeros(1, 2), torch.tensor([[1.0, -1.0]])
+    loss, diag = grpo_loss(logp, None, ref, torch.zeros(1), torch.ones(1, 2), name="dapo", beta=0.0,
+                           normalization="token")
+    assert loss.item() == 0.0 and diag["kl"].item() > 0  # reported, not trained on
+
+
+def test_gspo_sequence_ratio_and_clipping():
+    # row 0: log r = [2e-4, 4e-4] -> s = exp(3e-4), inside (1 - 3e-4, 1 + 4e-4); row 1: s = exp(1e-3) > 1 + 4e-4
+    # with A > 0: the clipped term 1.0004 A wins and carries no gradient
+    old = torch.zeros(2, 2)
+    logp = torch.tensor([[2e-4, 4e-4], [1e-3, 1e-3]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    loss, diag = grpo_loss(logp, old.double(), None, adv, mask, name="gspo", epsilon=3e-4, epsilon_high=4e-4,
+                           beta=0.0)
+    s0 = math.exp(3e-4)
+    assert loss.item() == pytest.approx(-(s0 * 2.0 + 1.0004 * 1.0) / 2, rel=1e-12)
+    assert diag["clip_fraction"].item() == pytest.approx(0.5)
+    loss.backward()
+    # d/dlogp_t of -(1/G) s_0 A_0 = -(1/2) A_0 s_0 / |o_0| for each token of row 0
+    torch.testing.assert_close(logp.grad, torch.tensor([[-s0 / 2, -s0 / 2], [0.0, 0.0]], dtype=torch.float64))
+
+
+def test_gspo_token_equals_gspo_with_one_advantage_per_completion():
+    torch.manual_seed(0)
+    old = torch.randn(3, 4, dtype=torch.float64)
+    start = old + 1e-4 * torch.randn(3, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    out = {}
+    for name in ("gspo", "gspo-token"):
+        logp = start.clone().requires_grad_()
+        loss, _ = grpo_loss(logp, old, None, adv, mask, name=name, epsilon=3e-4, epsilon_high=4e-4, beta=0.0)
+        loss.backward()
+        out[name] = (loss.detach(), logp.grad)
+    torch.testing.assert_close(out["gspo"][0], out["gspo-token"][0])
+    torch.testing.assert_close(out["gspo"][1], out["gspo-token"][1])
+
+
+@pytest.mark.parametrize("guard, expected", [
+    ({}, math.exp(12) - 13),  # unguarded k3 at ref - logp = 12
+    ({"kl_log_ratio_clamp": 10.0}, math.exp(10) - 11),  # Video-R1: ref - logp clamped to [-10, 10]
+    ({"kl_clamp": 100.0}, 100.0),  # TinyLLaVA-Video-R1: the estimate clamped at 100
+])
+def test_kl_guards(guard, expected):
+    settings = LossSettings(clip_low=0.2, clip_high=0.2, beta=0.04, normalization="sequence",
+                            max_completion_length=0, **guard)
+    kl = k3_kl(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[12.0, 0.5]], dtype=torch.float64), settings)
+    assert kl[0, 0].item() == pytest.approx(expected)
+    assert kl[0, 1].item() == pytest.approx(math.exp(0.5) - 1.5)  # inside every guard: unchanged
+
+
+@pytest.mark.parametrize("normalization", ["sequence", "token", "constant"])
+def test_micro_batches_and_processes_sum_to_the_whole_step(normalization):
+    # rows of 5, 3, 1 and 2 tokens: a micro-batch's token mean weighted by its row share is not the step's token
+    # mean; each micro-batch normalised by the step's totals is, and so is each process's share scaled by the
+    # process count (the engine averages gradients over processes)
+    lengths = torch.tensor([5.0, 3.0, 1.0, 2.0])
+    mask = (torch.arange(5)[None, :] < lengths[:, None]).float()  # [4, 5]
+    values = torch.randn(4, 5)
+    whole = aggregate(values, mask, normalization, StepTotals.of(mask), 6)
+    totals = StepTotals.of(mask)
+    halves = [aggregate(values[rows], mask[rows], normalization, totals, 6) for rows in (slice(0, 1), slice(1, 4))]
+    torch.testing.assert_close(sum(halves), whole)
+    two = StepTotals(tokens=totals.tokens, rows=totals.rows, processes=2)
+    per_process = [aggregate(values[rows], mask[rows], normalization, two, 6) for rows in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close(sum(per_process) / 2, whole)

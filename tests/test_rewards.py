@@ -12,7 +12,9 @@ from framethink.rewards import (
     extract_answer,
     get_reward,
     normalize_option,
+    overlong_penalty,
     parse_number,
+    reward_components,
     think_length,
     tinyllava_format,
     tinyllava_length_reward,
@@ -257,9 +259,28 @@ def test_accuracy_and_format_group_functions():
 
 
 def test_registry():
-    assert set(REWARDS) == {"accuracy", "format", "length_bonus", "tinyllava"}
+    assert set(REWARDS) == {"accuracy", "format", "length_bonus", "tinyllava", "overlong"}
     with pytest.raises(ConfigError, match="tinyllava"):
         get_reward("accuracy_v2")
+    assert reward_components("tinyllava") == ("accuracy", "format", "length")
+    assert reward_components("format") == ("format",)
+
+
+@pytest.mark.parametrize("num_tokens, expected", [
+    (0, 0.0), (12, 0.0),  # |o| <= L_max - L_cache = 12: no penalty
+    (13, -0.25), (14, -0.5), (16, -1.0),  # ((16 - 4) - |o|) / 4 inside the cache
+    (17, -1.0), (100, -1.0),  # beyond L_max
+])
+def test_dapo_overlong_penalty(num_tokens, expected):
+    # DAPO eq. 13 with L_max = 16, L_cache = 4
+    assert overlong_penalty(num_tokens, max_length=16, cache=4) == pytest.approx(expected)
+
+
+def test_overlong_group_function_and_bad_cache():
+    out = get_reward("overlong")(group(["a", "b", "c"], "A", num_tokens=[10, 14, 20]), max_length=16, cache=4)
+    assert out.rewards == pytest.approx([0.0, -0.5, -1.0]) and out.components == {"overlong": out.rewards}
+    with pytest.raises(ConfigError, match="cache"):
+        overlong_penalty(3, max_length=16, cache=0)
 
 
 def test_group_length_mismatch():

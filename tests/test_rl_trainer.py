@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -14,20 +15,21 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
 
 import framethink.engine as engine
-import framethink.rl.rollout as rollout_module
+import framethink.rl.step as step_module
 import framethink.rl.trainer as trainer
 from framethink.config import load_config
 from framethink.errors import ConfigError
 from framethink.engine import (
     build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, micro_batches, save_checkpoint, start_run,
 )
-from framethink.rl.rollout import collect_rollout
-from framethink.rl.trainer import policy_update, train_rl
+from framethink.rl.rollout import sample_groups
+from framethink.rl.step import RLRun, build_rollout, policy_update
+from framethink.rl.trainer import train_rl
 
 pytest_plugins = ["fixtures_training"]
 METRICS = {
     "step", "time", "reward/total", "reward/accuracy", "reward/format", "accuracy", "completion_length",
-    "zero_std_groups", "temporal/p", "temporal/p_shuffled", "temporal/bonus_rate", "loss/policy_loss", "loss/kl",
+    "zero_std_groups", "truncated", "temporal/p", "temporal/p_shuffled", "temporal/bonus_rate", "loss/policy_loss", "loss/kl",
     "loss/ratio_mean", "loss/clip_fraction", "loss/loss", "loss/grad_norm", "loss/lr", "time/rollout",
     "time/reference", "time/update",
 }
@@ -38,29 +40,30 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
 
 
-def _spy(monkeypatch, name: str) -> list[tuple[tuple, dict]]:
-    """Record the arguments of every call of `framethink.rl.trainer.<name>`."""
-    calls, original = [], getattr(trainer, name)
-
-    def spy(*args, **kwargs):
-        calls.append((args, kwargs))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, name, spy)
-    return calls
-
-
 def _loss_calls(monkeypatch) -> list[dict]:
-    """old_logp, ref_logp, keyword arguments and diagnostics of every grpo_loss call of the trainer."""
-    calls, original = [], trainer.grpo_loss
+    """Loss name, old_logp, ref_logp, settings and diagnostics of every policy-loss call of the RL step."""
+    calls, original = [], step_module.policy_loss
 
-    def spy(logp, old_logp, ref_logp, advantages, mask, **kwargs):
-        loss, diag = original(logp, old_logp, ref_logp, advantages, mask, **kwargs)
-        calls.append({"old": old_logp, "ref": ref_logp, "kwargs": kwargs, "diag": diag})
+    def spy(name, batch, settings):
+        loss, diag = original(name, batch, settings)
+        calls.append({"name": name, "old": batch.old_logp, "ref": batch.ref_logp, "settings": settings, "diag": diag})
         return loss, diag
 
-    monkeypatch.setattr(trainer, "grpo_loss", spy)
+    monkeypatch.setattr(step_module, "policy_loss", spy)
     return calls
+
+
+def _rollout(config, run, records, *, lengths: list[int] | None = None):
+    """A complete rollout of `records` on `run` (no KL term: beta 0), its loss mask cut to `lengths` tokens per
+    row when given, so that rows differ in length."""
+    groups = sample_groups(run.adapter, records, config.rl, template="video-r1", seed=0,
+                           generator=torch.Generator().manual_seed(0))
+    rollout = build_rollout(RLRun(run, records), groups, {})
+    if lengths is not None:
+        width = rollout.tokens.shape[1]
+        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).float()  # [N, T]
+        rollout = replace(rollout, mask=mask)
+    return rollout
 
 
 def test_tgrpo_step_trains_the_unfrozen_parts_and_exports_them(recipe, tiny_qwen25_vl_dir, tmp_path, monkeypatch):
@@ -99,11 +102,9 @@ def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
     adapter, params = run.adapter, run.params
     grads: list[list[torch.Tensor | None]] = []
     run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad for p in params]))
-    rollout = collect_rollout(adapter, synth_records, config.rl, template="video-r1", seed=0,
-                              generator=torch.Generator().manual_seed(0))
+    rollout = _rollout(config, run, synth_records)
     for advantages in (torch.zeros_like(rollout.advantages), torch.linspace(-1, 1, len(rollout.advantages))):
-        rollout.advantages = advantages
-        policy_update(adapter, rollout, run)
+        policy_update(run, replace(rollout, advantages=advantages))
     zero, control = grads
     assert all(g is not None for g in zero)  # the graph reached every trainable parameter ...
     assert all(torch.equal(g, torch.zeros_like(g)) for g in zero)  # ... with exactly zero gradient
@@ -119,20 +120,23 @@ def test_micro_batches_are_exactly_grad_accum_near_equal_slices():
         micro_batches(3, 4)
 
 
-def test_gradient_accumulation_matches_one_batch(recipe, synth_records):
-    config = recipe("rl.beta=0", "rl.algorithm=grpo", "optim.lr=0")  # lr 0: every update sees the same weights
+@pytest.mark.parametrize("normalization", ["sequence", "token", "constant"])
+def test_gradient_accumulation_matches_one_batch(recipe, synth_records, normalization):
+    # lr 0: every update sees the same weights; rows of 6, 1, 1, 1, 6, 2, 3, 6 tokens, so that a micro-batch's
+    # token mean weighted by its row share would differ from the step's token mean
+    config = recipe("rl.beta=0", "rl.algorithm=grpo", "optim.lr=0", f"rl.normalization={normalization}")
     run = start_run(config, make_accelerator(config), resume=False)
-    adapter, params = run.adapter, run.params
+    params = run.params
     grads = []
     run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad.clone() for p in params]))
-    rollout = collect_rollout(adapter, synth_records, config.rl, template="video-r1", seed=0,
-                              generator=torch.Generator().manual_seed(0))
+    rollout = _rollout(config, run, synth_records, lengths=[6, 1, 1, 1, 6, 2, 3, 6])
+    rollout = replace(rollout, advantages=torch.linspace(-1, 1, 8))
     for accum in (1, 2, 4):
         config.optim.grad_accum = accum
-        policy_update(adapter, rollout, run)
+        policy_update(run, rollout)
     one, *accumulated = grads
     assert any(g.abs().max() > 0 for g in one)
-    for other in accumulated:  # 8 rows in 2 or 4 micro-batches: the same mean over sequences
+    for other in accumulated:  # 8 rows in 2 or 4 micro-batches: the same step loss
         assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(one, other))
 
 
@@ -165,25 +169,41 @@ def test_two_inner_updates_keep_the_old_log_probs(recipe, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "normalization", "scale_by_std"),
-    [(("rl.scale_by_std=false", "rl.normalization=constant"), "constant", False),
-     (("rl.normalization=token",), "token", True)],
-    ids=["dr-grpo", "token"],
+    ("overrides", "advantage", "loss", "normalization"),
+    [(("rl.advantage=dr_grpo", "rl.normalization=constant"), "dr_grpo", "grpo", "constant"),
+     (("rl.normalization=token",), "grpo", "grpo", "token"),
+     (("rl.advantage=rloo", "rl.loss=dapo"), "rloo", "dapo", "token"),
+     (("rl.loss=gspo",), "grpo", "gspo", "sequence"),
+     (("rl.loss=gspo-token", "rl.dynamic_sampling=true"), "grpo", "gspo-token", "sequence")],
+    ids=["dr-grpo", "token", "rloo-dapo", "gspo", "gspo-token-dynamic"],
 )
-def test_dr_grpo_and_token_normalisation_train(recipe, tiny_qwen25_vl_dir, monkeypatch, overrides, normalization,
-                                              scale_by_std):
+def test_each_algorithm_is_one_override_and_trains(recipe, tiny_qwen25_vl_dir, monkeypatch, overrides, advantage, loss,
+                                                   normalization):
     losses = _loss_calls(monkeypatch)
-    scales = []
-    group_advantages = rollout_module.group_advantages
-    monkeypatch.setattr(rollout_module, "group_advantages",
-                        lambda rewards, **kw: (scales.append(kw["scale_by_std"]), group_advantages(rewards, **kw))[1])
+    names = []
+    compute_advantages = step_module.compute_advantages
+    monkeypatch.setattr(step_module, "compute_advantages",
+                        lambda rewards, name, **kw: (names.append(name), compute_advantages(rewards, name, **kw))[1])
     final = train_rl(recipe(*overrides), quiet=True)
-    assert scales == [scale_by_std]
+    assert names == [advantage]
     (call,) = losses
-    assert call["kwargs"]["normalization"] == normalization and call["kwargs"]["max_completion_length"] == 6
+    assert call["name"] == loss and call["settings"].normalization == normalization
+    assert call["settings"].max_completion_length == 6
+    assert (call["ref"] is None) == (loss == "dapo")  # DAPO has no KL term: no reference model
     assert math.isfinite(call["diag"]["loss"].item())
     before, after = _weights(tiny_qwen25_vl_dir), _weights(final)
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_truncated_completions_can_be_masked_out_of_the_loss(recipe, synth_records):
+    config = recipe("rl.beta=0", "rl.mask_truncated=true", "rl.max_new_tokens=3")
+    run = start_run(config, make_accelerator(config), resume=False)
+    groups = sample_groups(run.adapter, synth_records, config.rl, template="video-r1", seed=0,
+                           generator=torch.Generator().manual_seed(0))
+    rollout = build_rollout(RLRun(run, synth_records), groups, {})
+    assert groups.truncated.any()  # a random tiny model rarely stops within 3 tokens
+    assert torch.equal(rollout.mask.sum(-1) == 0, groups.truncated)  # exactly the cut rows leave the loss
+    assert torch.equal(rollout.mask[~groups.truncated], groups.mask[~groups.truncated])
 
 
 def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen25_vl_dir, monkeypatch):
@@ -244,18 +264,18 @@ def test_kill_and_resume_gives_identical_weights(recipe, tmp_path, monkeypatch):
     uninterrupted = train_rl(recipe(*overrides, run="a"), quiet=True)
 
     config = recipe(*overrides, run="b")
-    calls, rollout = [], trainer.collect_rollout
+    calls, sample = [], step_module.sample_groups
 
     def killed_at_step_2(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the process dies in the middle of step 2
-        return rollout(*args, **kwargs)
+        return sample(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "collect_rollout", killed_at_step_2)
+    monkeypatch.setattr(step_module, "sample_groups", killed_at_step_2)
     with pytest.raises(KeyboardInterrupt):
         train_rl(config, quiet=True)
-    monkeypatch.setattr(trainer, "collect_rollout", rollout)
+    monkeypatch.setattr(step_module, "sample_groups", sample)
     checkpoints = tmp_path / "b" / "checkpoints"
     (checkpoints / ".tmp-000002").mkdir()  # a checkpoint whose write was cut short
     (checkpoints / ".tmp-000002" / "state.json").write_text('{"step": 2}')

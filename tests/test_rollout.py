@@ -1,5 +1,5 @@
-"""Rollouts with a scripted stand-in for the model: weighted rewards, the per-group T-GRPO bonus, shuffled
-completions kept out of training, per-group statistics and advantages."""
+"""Sampling and scoring with a scripted stand-in for the model: weighted rewards, the per-group T-GRPO bonus
+scored with the recipe's rewards, shuffled completions kept out of training, per-group statistics."""
 from __future__ import annotations
 
 import math
@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from framethink.config import RewardSpec, RLConfig
+import framethink.rewards.registry as reward_registry
+from framethink.config import RewardSpec, RLConfig, load_config
 from framethink.data.records import Record
+from framethink.errors import ConfigError
 from framethink.models.adapter import EncodedPrompt
 from framethink.models.sampling import Completions
-from framethink.rl.rollout import collect_rollout, score_group
+from framethink.rewards import RewardOutput
+from framethink.rl.advantages import compute_advantages
+from framethink.rl.rollout import SampledGroups, sample_groups, score_group
 
 CF = "<think>a</think><answer>A</answer>"  # correct, formatted
 CU = "<answer>A</answer>"  # correct, no <think>
@@ -29,7 +33,9 @@ def _record(rid: str, kind: str) -> Record:
 
 class ScriptedAdapter:
     """Answers each (record id, frame order) prompt with the scripted texts, in row order; completion i has
-    i % 3 + 1 tokens and its first token is i, so rows can be traced."""
+    i % 3 + 1 tokens and its first token is i, so rows can be traced; token 99 is the end of a completion."""
+
+    eos_ids = (99,)
 
     def __init__(self, script: dict[tuple[str, str], list[str]]):
         self.script = script
@@ -89,16 +95,35 @@ def test_score_group_sums_the_weighted_rewards():
     assert components["reward/length_bonus"] == pytest.approx([0.2, 0.2, 0.0, 0.0])
 
 
-def test_accuracy_is_scored_even_when_no_reward_function_reports_it():
+def test_no_accuracy_is_made_up_when_no_reward_reports_one():
     total, components = score_group([CF, WB], [1, 1], _record("v1", "video"), _rl(rewards=[RewardSpec("format")]))
-    assert total == [1.0, 0.0]
-    assert components["accuracy"] == [1.0, 0.0]  # what the temporal bonus reads
+    assert total == [1.0, 0.0] and "accuracy" not in components
+    groups = sample_groups(ScriptedAdapter(SCRIPT), [_record("i1", "image")],
+                           _rl(algorithm="grpo", rewards=[RewardSpec("format")]), template="t", seed=0,
+                           generator=torch.Generator())
+    assert math.isnan(groups.metrics()["accuracy"])  # left out of the logs, not computed by another rule
+    with pytest.raises(ConfigError, match="T-GRPO compares the accuracy"):
+        load_config(None, ["rl.algorithm=tgrpo", "rl.rewards=[{name: format}]"])
+
+
+def test_shuffled_groups_are_scored_with_the_recipes_rewards(monkeypatch):
+    # a recipe reward that judges every "shuffled" completion correct: p~ must come from it, not from another rule
+    def judge(group):
+        acc = [1.0 if "shuffled" in c else 0.0 for c in group.completions]
+        return RewardOutput(rewards=acc, components={"accuracy": acc})
+
+    monkeypatch.setitem(reward_registry.REWARDS, "judge", judge)
+    groups = sample_groups(ScriptedAdapter(SCRIPT), [_record("v1", "video")], _rl(rewards=[RewardSpec("judge")]),
+                           template="t", seed=0, generator=torch.Generator())
+    m = groups.metrics()
+    assert m["temporal/p"] == 0.0 and m["temporal/p_shuffled"] == 1.0  # SHUFFLED_WB counts as correct here
+    assert m["accuracy"] == 0.0 and m["temporal/bonus_rate"] == 0.0
 
 
 def test_tgrpo_rollout_bonus_statistics_and_advantages():
     adapter = ScriptedAdapter(SCRIPT)
     records = [_record("v1", "video"), _record("v2", "video"), _record("i1", "image")]
-    rollout = collect_rollout(adapter, records, _rl(), template="t", seed=7, generator=torch.Generator())
+    rollout = sample_groups(adapter, records, _rl(), template="t", seed=7, generator=torch.Generator())
 
     # one generate call: 3 x 4 ordered rows, then 2 shuffled rows per video prompt; none for the image
     (keys, rows), = adapter.generated
@@ -111,16 +136,15 @@ def test_tgrpo_rollout_bonus_statistics_and_advantages():
     # rewards: accuracy + 0.5 format, + 0.3 for the correct ordered answers of v1 only
     expected = [[1.8, 1.3, 0.5, 1.8], [1.5, 0.0, 0.0, 0.5], [1.5, 1.5, 1.5, 0.0]]
     assert torch.allclose(rollout.rewards, torch.tensor(expected))
-    assert torch.allclose(rollout.advantages, _advantages(expected))
+    assert torch.allclose(compute_advantages(rollout.rewards).flatten(), _advantages(expected))
 
     # shuffled completions never train: only the 12 ordered rows, trimmed to their longest completion
-    assert rollout.row_prompt == rows[:12]
     assert [p.frame_order for p in rollout.prompts] == ["ordered"] * 3
     assert rollout.tokens[:, 0].tolist() == list(range(12)) and rollout.tokens.shape == (12, 3)
     assert torch.equal(rollout.mask, (torch.arange(3) < (torch.arange(12) % 3 + 1).unsqueeze(1)).float())
     assert rollout.texts == SCRIPT["v1", "ordered"] + SCRIPT["v2", "ordered"] + SCRIPT["i1", "ordered"]
 
-    m = rollout.metrics
+    m = rollout.metrics()
     assert m["temporal/p"] == pytest.approx((0.75 + 0.25) / 2)  # over the video prompts' own groups
     assert m["temporal/p_shuffled"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["temporal/bonus_rate"] == pytest.approx(0.5)
@@ -135,28 +159,50 @@ def test_bonus_at_the_threshold(strict, bonus):
     # p = 0.5 and p~ = 1.0 with mu = 0.5: p == mu * p~
     script = {("v", "ordered"): [CF, CF, WF, WF], ("v", "shuffled"): [SHUFFLED_CF, SHUFFLED_CF]}
     rl = _rl(temporal_mu=0.5, temporal_strict=strict)
-    rollout = collect_rollout(ScriptedAdapter(script), [_record("v", "video")], rl, template="t", seed=0,
-                              generator=torch.Generator())
+    rollout = sample_groups(ScriptedAdapter(script), [_record("v", "video")], rl, template="t", seed=0,
+                            generator=torch.Generator())
     assert torch.allclose(rollout.rewards, torch.tensor([[1.5 + bonus, 1.5 + bonus, 0.5, 0.5]]))
 
 
 def test_grpo_generates_no_shuffled_clips():
     adapter = ScriptedAdapter(SCRIPT)
     records = [_record("v1", "video"), _record("i1", "image")]
-    rollout = collect_rollout(adapter, records, _rl(algorithm="grpo"), template="t", seed=0,
-                              generator=torch.Generator())
+    rollout = sample_groups(adapter, records, _rl(algorithm="grpo"), template="t", seed=0,
+                            generator=torch.Generator())
     assert [order for _, order, _ in adapter.encoded] == ["ordered", "ordered"]
     assert adapter.generated[0][1] == [0] * 4 + [1] * 4
     expected = [[1.5, 1.0, 0.5, 1.5], [1.5, 1.5, 1.5, 0.0]]
     assert torch.allclose(rollout.rewards, torch.tensor(expected))
-    assert torch.allclose(rollout.advantages, _advantages(expected))
-    assert not any(key.startswith("temporal/") for key in rollout.metrics)
+    assert torch.allclose(compute_advantages(rollout.rewards).flatten(), _advantages(expected))
+    assert not any(key.startswith("temporal/") for key in rollout.metrics())
 
 
 def test_tgrpo_batch_without_video_reports_nan_temporal_statistics():
     # every process must report the same metric keys; the trainer's mean over processes leaves NaN out
     adapter = ScriptedAdapter(SCRIPT)
-    rollout = collect_rollout(adapter, [_record("i1", "image")], _rl(), template="t", seed=0,
-                              generator=torch.Generator())
+    rollout = sample_groups(adapter, [_record("i1", "image")], _rl(), template="t", seed=0,
+                            generator=torch.Generator())
     assert adapter.generated[0][1] == [0] * 4
-    assert all(math.isnan(rollout.metrics[f"temporal/{key}"]) for key in ("p", "p_shuffled", "bonus_rate"))
+    assert all(math.isnan(rollout.metrics()[f"temporal/{key}"]) for key in ("p", "p_shuffled", "bonus_rate"))
+
+
+def test_select_and_concat_keep_groups_whole():
+    adapter = ScriptedAdapter(SCRIPT)
+    a = sample_groups(adapter, [_record("v1", "video"), _record("v2", "video")], _rl(algorithm="grpo"), template="t",
+                      seed=0, generator=torch.Generator())
+    b = sample_groups(adapter, [_record("i1", "image")], _rl(algorithm="grpo"), template="t", seed=0,
+                      generator=torch.Generator())
+    both = SampledGroups.concat([a, b]).select([2, 0])
+    assert [p.record.id for p in both.prompts] == ["i1", "v1"]
+    assert both.texts == SCRIPT["i1", "ordered"] + SCRIPT["v1", "ordered"]
+    assert torch.equal(both.rewards, torch.stack([b.rewards[0], a.rewards[0]]))
+    assert torch.equal(both.tokens, torch.cat([b.tokens, a.tokens[:4]]))
+    assert both.metrics()["reward/total"] == pytest.approx((b.rewards[0].mean() + a.rewards[0].mean()).item() / 2)
+
+
+def test_truncated_completions_are_flagged():
+    groups = sample_groups(ScriptedAdapter(SCRIPT), [_record("i1", "image")], _rl(algorithm="grpo", max_new_tokens=3),
+                           template="t", seed=0, generator=torch.Generator())
+    # lengths 1, 2, 3, 1 with no end token: only the one that reached max_new_tokens = 3 was cut
+    assert groups.truncated.tolist() == [False, False, True, False]
+    assert groups.metrics()["truncated"] == 0.25

@@ -91,12 +91,22 @@ class RLConfig:
     top_p: float = 1.0
     max_new_tokens: int = 768
     beta: float = 0.04  # k3 KL weight; 0 loads no reference model
-    epsilon: float = 0.2
+    # KL guards of the reference codes (docs/method.md, "KL guards"): clamp ref - logp (Video-R1: 10) / the k3
+    # value (TinyLLaVA: 100); none by default
+    kl_log_ratio_clamp: float | None = None
+    kl_clamp: float | None = None
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo (framethink.rl.advantages)
+    loss: str = "grpo"  # grpo | dapo | gspo | gspo-token (framethink.rl.loss)
+    # clip range 1 - epsilon .. 1 + epsilon_high; unset: the loss's own (grpo 0.2, dapo 0.2/0.28, gspo 3e-4/4e-4)
+    epsilon: float | None = None
+    epsilon_high: float | None = None
     num_iterations: int = 1  # inner updates per generation batch
-    normalization: str = "sequence"  # sequence (GRPO) | constant (Dr. GRPO) | token
-    scale_by_std: bool = True  # False: Dr. GRPO
+    normalization: str | None = None  # sequence (GRPO) | constant (Dr. GRPO) | token (DAPO); unset: the loss's
     advantage_eps: float = 1e-4
     advantage_noise: float = 0.0  # TinyLLaVA: 0.02
+    dynamic_sampling: bool = False  # DAPO: drop all-equal groups, refill with fresh prompts
+    max_sampling_rounds: int = 3  # cap on the extra generation rounds of a step under dynamic sampling
+    mask_truncated: bool = False  # DAPO: completions cut at max_new_tokens stay out of the loss
     temporal_alpha: float = 0.3
     temporal_mu: float = 0.8
     temporal_strict: bool = False  # paper's '>' instead of the code's '>='
@@ -244,9 +254,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.frame_rule": ("qwen", "uniform", "qwen3"),
+    "data.frame_rule": ("qwen", "uniform"),
     "rl.algorithm": ("grpo", "tgrpo"),
-    "rl.normalization": ("sequence", "constant", "token"),
+    "rl.normalization": ("sequence", "constant", "token"),  # or unset: the policy loss's own
     "optim.schedule": ("cosine", "linear", "constant"),
     "sft.answer": ("gold", "mask", "random"),
 }
@@ -258,7 +268,7 @@ def validate(config: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value not in choices:
+        if value is not None and value not in choices:  # None: an optional key left unset
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     rl = config.rl
     if rl.num_generations < 2:
@@ -267,6 +277,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("rl.num_shuffled: T-GRPO needs at least 1 shuffled completion")
     if rl.beta < 0:
         raise ConfigError("rl.beta: must be >= 0")
+    if rl.max_sampling_rounds < 0:
+        raise ConfigError("rl.max_sampling_rounds: must be >= 0")
     optim = config.optim
     if optim.schedule_steps is not None and optim.schedule_epochs is not None:
         raise ConfigError("optim.schedule_steps and optim.schedule_epochs both set: the horizon is one of them")
@@ -278,7 +290,9 @@ def validate(config: TrainConfig) -> None:
         if backend not in REPORT_BACKENDS:
             raise ConfigError(f"run.report_to: {backend!r} is not one of {', '.join(REPORT_BACKENDS)}")
     from framethink.data.prompts import get_template
-    from framethink.rewards import get_reward
+    from framethink.rewards import get_reward, reward_components
+    from framethink.rl.advantages import get_advantage
+    from framethink.rl.loss import get_policy_loss
 
     try:
         get_template(config.data.template)
@@ -289,6 +303,14 @@ def validate(config: TrainConfig) -> None:
             inspect.signature(get_reward(spec.name)).bind(None, **spec.params)  # None: the completion group
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"rl.rewards[{i}] ({spec.name}): {err}") from None
+    for key, lookup in (("rl.advantage", get_advantage), ("rl.loss", get_policy_loss)):
+        try:
+            lookup(getattr(rl, key.split(".")[1]))
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    if rl.algorithm == "tgrpo" and not any("accuracy" in reward_components(s.name) for s in rl.rewards):
+        raise ConfigError("rl.rewards: T-GRPO compares the accuracy of ordered and shuffled completions, and no "
+                          "reward of the recipe reports one (add {name: accuracy})")
 
 
 def to_dict(config: TrainConfig) -> dict:

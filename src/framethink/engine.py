@@ -321,6 +321,16 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def sum_over_processes(values: list[float], device: torch.device | str) -> list[float]:
+    """Each value summed over all processes in one all-reduce (a step's token count, for token-level loss
+    normalisation: docs/method.md, "Normalisation across micro-batches and processes")."""
+    if not _distributed():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=device)  # [K]
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def mean_over_processes(metrics: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
     """Each metric averaged over processes in ONE collective; NaN entries (e.g. the temporal statistics of a
     process whose batch holds no video) are left out of the mean, and a metric NaN everywhere is dropped.

@@ -1,4 +1,4 @@
-"""Rule-based rewards (SPEC 4): answer accuracy by problem type, format, length shaping, registry."""
+"""Rule-based rewards (docs/method.md, "Rewards"): answer accuracy by problem type, format, length shaping, registry."""
 from framethink.rewards.accuracy import (
     CORRECT_THRESHOLD,
     accuracy_reward,
@@ -20,6 +20,8 @@ from framethink.rewards.registry import (
     RewardFn,
     RewardOutput,
     get_reward,
+    overlong_penalty,
+    reward_components,
     video_r1_length_bonus,
 )
 
@@ -34,7 +36,9 @@ __all__ = [
     "extract_answer",
     "get_reward",
     "normalize_option",
+    "overlong_penalty",
     "parse_number",
+    "reward_components",
     "think_length",
     "tinyllava_format",
     "tinyllava_length_reward",

@@ -112,16 +112,44 @@ def tinyllava(group: CompletionGroup, *, variant: str = "code", ml: int = 1200, 
     return RewardOutput(rewards=total, components={"accuracy": acc, "format": fmt, "length": length})
 
 
-REWARDS: dict[str, RewardFn] = {
-    "accuracy": accuracy,
-    "format": video_r1_format_reward,
-    "length_bonus": length_bonus,
-    "tinyllava": tinyllava,
+def overlong_penalty(num_tokens: int, *, max_length: int, cache: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to `max_length - cache` tokens, then
+    `((max_length - cache) - |o|) / cache` falling linearly to -1 at `max_length`, and -1 beyond it."""
+    if not 0 < cache <= max_length:
+        raise ConfigError(f"overlong needs 0 < cache <= max_length, got cache {cache}, max_length {max_length}")
+    free = max_length - cache
+    if num_tokens <= free:
+        return 0.0
+    if num_tokens <= max_length:
+        return (free - num_tokens) / cache
+    return -1.0
+
+
+def overlong(group: CompletionGroup, *, max_length: int, cache: int) -> RewardOutput:
+    """DAPO's overlong reward shaping of each completion by its length in tokens (docs/method.md, "DAPO")."""
+    penalty = [overlong_penalty(n, max_length=max_length, cache=cache) for n in group.num_tokens]
+    return RewardOutput(rewards=penalty, components={"overlong": penalty})
+
+
+# name -> (function, the components it reports); `accuracy` is what the T-GRPO bonus reads
+_REGISTRY: dict[str, tuple[RewardFn, tuple[str, ...]]] = {
+    "accuracy": (accuracy, ("accuracy",)),
+    "format": (video_r1_format_reward, ("format",)),
+    "length_bonus": (length_bonus, ("length_bonus",)),
+    "tinyllava": (tinyllava, ("accuracy", "format", "length")),
+    "overlong": (overlong, ("overlong",)),
 }
+REWARDS: dict[str, RewardFn] = {name: fn for name, (fn, _) in _REGISTRY.items()}
 
 
 def get_reward(name: str) -> RewardFn:
-    """The registered group reward function called `name` (SPEC 4)."""
+    """The registered group reward function called `name` (docs/method.md, "Rewards")."""
     if name not in REWARDS:
         raise ConfigError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
     return REWARDS[name]
+
+
+def reward_components(name: str) -> tuple[str, ...]:
+    """The component names the reward `name` reports for logging (and `accuracy` for T-GRPO)."""
+    get_reward(name)
+    return _REGISTRY[name][1]

@@ -1,27 +1,77 @@
-"""Group-relative advantages and the T-GRPO temporal bonus (SPEC 5). Pure torch, no model."""
+"""Advantage estimators, registered by name, and the T-GRPO temporal bonus, a reward-stage step
+(docs/method.md, "Advantages" and "T-GRPO"). Pure torch, no model.
+
+An estimator is one function and one `@register_advantage` line (the pattern of verl's
+`verl/trainer/ppo/core_algos.py`, `register_adv_est`): rewards [B, G] of B prompt groups in, advantages [B, G] out.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from framethink.errors import ConfigError
 
-def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-4,
-                     noise_std: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-    """GRPO advantages `(r - mean(r)) / (std(r) + eps)` within each prompt's group (SPEC 5).
 
-    rewards: [B, G], one row per prompt. std is torch's unbiased std. `scale_by_std=False` is
-    Dr. GRPO (centre only). `noise_std > 0` adds N(0, noise_std^2) to every advantage (TinyLLaVA's
-    0.02), drawn from `generator` when one is given. Returns [B, G].
-    """
+AdvantageFn = Callable[..., Tensor]
+ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    def register(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGES[name] = fn
+        return fn
+
+    return register
+
+
+def get_advantage(name: str) -> AdvantageFn:
+    if name not in ADVANTAGES:
+        raise ConfigError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGES)}")
+    return ADVANTAGES[name]
+
+
+def _check_groups(rewards: Tensor) -> None:
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
-    if scale_by_std and rewards.shape[1] < 2:
-        raise ValueError(f"the unbiased std needs G >= 2 completions per prompt, got G = {rewards.shape[1]}")
-    advantages = rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
-    if scale_by_std:
-        advantages = advantages / (rewards.std(dim=1, keepdim=True) + eps)  # [B, 1] broadcast
+    if rewards.shape[1] < 2:
+        raise ValueError(f"a group needs G >= 2 completions per prompt, got G = {rewards.shape[1]}")
+
+
+@register_advantage("grpo")
+def grpo(rewards: Tensor, *, eps: float = 1e-4) -> Tensor:
+    """GRPO: `A_i = (r_i - mean(r)) / (std(r) + eps)` within each prompt's group, torch's unbiased std, as both
+    reference trainers compute it. rewards [B, G] -> [B, G]."""
+    _check_groups(rewards)
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)  # [B, 1] broadcast
+
+
+@register_advantage("dr_grpo")
+def dr_grpo(rewards: Tensor, *, eps: float = 1e-4) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025): `A_i = r_i - mean(r)`, no division by the std (`eps` unused). [B, G] -> [B, G]."""
+    _check_groups(rewards)
+    return rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
+
+
+@register_advantage("rloo")
+def rloo(rewards: Tensor, *, eps: float = 1e-4) -> Tensor:
+    """RLOO (Ahmadian et al. 2024): `A_i = r_i - mean_{j != i} r_j = G / (G - 1) (r_i - mean(r))` (`eps` unused).
+    [B, G] -> [B, G]."""
+    _check_groups(rewards)
+    g = rewards.shape[1]
+    leave_one_out = (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)  # [B, G]
+    return rewards - leave_one_out
+
+
+def compute_advantages(rewards: Tensor, name: str = "grpo", *, eps: float = 1e-4, noise_std: float = 0.0,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """The estimator `name` on rewards [B, G] -> [B, G], plus N(0, noise_std^2) per completion when
+    `noise_std > 0` (TinyLLaVA-Video-R1's 0.02, so that all-equal groups still give a signal), drawn from
+    `generator` when one is given."""
+    advantages = get_advantage(name)(rewards, eps=eps)  # [B, G]
     if noise_std > 0:
         noise = torch.randn(advantages.shape, generator=generator, dtype=advantages.dtype,
                             device=advantages.device)  # [B, G]
@@ -41,7 +91,8 @@ class TemporalBonus:
 
 def temporal_bonus(acc_ordered: Tensor, acc_shuffled: Tensor, is_video: Tensor, *, alpha: float = 0.3,
                    mu: float = 0.8, correct_threshold: float = 0.1, strict: bool = False) -> TemporalBonus:
-    """T-GRPO temporal reward r_t per prompt group (SPEC 5).
+    """T-GRPO temporal reward r_t per prompt group (docs/method.md, "T-GRPO"), added to the rewards before the
+    advantages.
 
     acc_ordered: [B, G] accuracy of responses to the ordered frames; acc_shuffled: [B, Gs] accuracy on
     the shuffled frames; is_video: [B] bool. For a video prompt with p >= mu * p~ (p > mu * p~ when

@@ -1,4 +1,4 @@
-"""Supervised cold start (SPEC 3, 6): CoT records (target `process + "\\n" + solution`) or LLaVA conversations.
+"""Supervised cold start (docs/method.md, "Cold start"): CoT records (target `process + "\\n" + solution`) or LLaVA conversations.
 
 The loss covers the assistant tokens only: prompt and vision pads are never targets, because the target
 is scored as a completion after the prompt. `sft.answer` chooses what the answer slot teaches:
@@ -29,6 +29,7 @@ from framethink.engine import (
     process_rank,
     seed_everything,
     start_run,
+    sum_over_processes,
 )
 from framethink.errors import ConfigError, DataError
 
@@ -82,8 +83,11 @@ def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Targ
     return Target(torch.tensor(encoded["input_ids"] + [adapter.end_of_turn_id]), torch.tensor(weights))
 
 
-def sft_loss(adapter, prompts, targets: list[Target]) -> torch.Tensor:
-    """Mean negative log-likelihood over the target tokens of a batch."""
+def sft_loss(adapter, prompts, targets: list[Target], *, target_total: float | None = None,
+             processes: int = 1) -> torch.Tensor:
+    """Negative log-likelihood summed over the target tokens of a batch and divided by the step's target count
+    `target_total` (all micro-batches and processes; default: this batch's), times the process count the engine
+    averages gradients over: the micro-batch's share of the step's token mean."""
     width = max(len(t.ids) for t in targets)
     ids = torch.full((len(targets), width), adapter.pad_id, dtype=torch.long)  # [B, T]
     weights = torch.zeros(len(targets), width)  # [B, T]
@@ -92,7 +96,23 @@ def sft_loss(adapter, prompts, targets: list[Target]) -> torch.Tensor:
         weights[row, : len(target.ids)] = target.weights
     logp = adapter.completion_logprobs(prompts, list(range(len(prompts))), ids)  # [B, T]
     weights = weights.to(logp.device)
-    return -(logp * weights).sum() / weights.sum().clamp(min=1.0)
+    total = float(weights.sum()) if target_total is None else target_total
+    return -(logp * weights).sum() * processes / max(total, 1.0)
+
+
+def sft_update(run, prompts, targets: list[Target]) -> float:
+    """One optimiser step on `targets`: `optim.grad_accum` micro-batches, each normalised by the step's target
+    token count over every micro-batch and process (one all-reduce), so accumulation and several processes give
+    the token mean of the whole step (docs/method.md, "Normalisation across micro-batches and processes").
+    Returns the step's loss on this process."""
+    local = sum(float(t.weights.sum()) for t in targets)
+    (total,) = sum_over_processes([local], run.accelerator.device)
+    loss_sum = 0.0
+    for part in micro_batches(len(targets), run.config.optim.grad_accum):
+        loss = sft_loss(run.adapter, prompts[part], targets[part], target_total=total, processes=run.world)
+        run.backward(loss)
+        loss_sum += loss.item()
+    return loss_sum
 
 
 def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
@@ -116,11 +136,7 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
         rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
         prompts = [adapter.encode(r, template=config.data.template) for r in batch]
         targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
-        total = 0.0
-        for part in micro_batches(len(batch), config.optim.grad_accum):
-            loss = sft_loss(adapter, prompts[part], targets[part]) * len(prompts[part]) / len(batch)
-            run.backward(loss)
-            total += loss.item()
+        total = sft_update(run, prompts, targets)
         grad_norm = run.optimizer_step()
         run.scheduler.step()
         metrics = run.end_step(step, {"loss/sft": total, "loss/grad_norm": grad_norm,
