@@ -137,6 +137,25 @@ def _bench_help() -> str:
     return bench_help()
 
 
+def _infer(args: argparse.Namespace) -> int:
+    from framethink.infer import run_infer
+
+    media, kind = (args.video, "video") if args.video is not None else (args.image, "image")
+    run_infer(args.model, media, kind, args.question, options=args.options.split(",") if args.options else (),
+              frame_order=args.frame_order, frames=args.frames, temperature=args.temperature, top_p=args.top_p,
+              max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from framethink.serve.app import serve
+
+    serve(args.model, host=args.host, port=args.port, name=args.served_model_name, frames=args.frames,
+          max_upload_mb=args.max_upload_mb, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
+          examples=args.examples, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framethink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +268,35 @@ def build_parser() -> argparse.ArgumentParser:
                       help="demo recipe (default: recipes/demo.yaml; recipes/demo-tinyllava.yaml for tinyllava-video)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     demo.set_defaults(func=_demo)
+
+    infer = commands.add_parser("infer", help="ask a model about one video or image; the reasoning streams as it is generated")
+    infer.add_argument("--model", type=Path, required=True, help="model checkpoint folder")
+    media = infer.add_mutually_exclusive_group(required=True)
+    media.add_argument("--video", type=Path)
+    media.add_argument("--image", type=Path)
+    infer.add_argument("--question", required=True)
+    infer.add_argument("--options", default=None, help="comma-separated options, e.g. red,green (lettered A, B, ...)")
+    infer.add_argument("--frame-order", choices=["ordered", "shuffled", "reversed"], default="ordered")
+    infer.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's frame rule)")
+    infer.add_argument("--temperature", type=float, default=None, help="default 0.1 (evaluation's); 0 is greedy")
+    infer.add_argument("--top-p", type=float, default=None, help="default 0.001 (evaluation's)")
+    infer.add_argument("--max-new-tokens", type=int, default=None, help="default 1024")
+    infer.add_argument("--seed", type=int, default=0, help="seed of the shuffled order and of sampling")
+    infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    infer.set_defaults(func=_infer)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible chat-completions API and a web page for one model")
+    serve.add_argument("--model", type=Path, required=True, help="model checkpoint folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None, help="the API's model name (default: the folder's name)")
+    serve.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's frame rule)")
+    serve.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body or uploaded file")
+    serve.add_argument("--max-new-tokens", type=int, default=1024, help="most new tokens a request may ask for")
+    serve.add_argument("--max-samples", type=int, default=8, help="largest `n` of a chat-completions request")
+    serve.add_argument("--examples", type=Path, default=None, help="folder of videos the page offers to pick")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    serve.set_defaults(func=_serve)
     return parser
 
 
