@@ -122,6 +122,7 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
              recipe: Path | None = None, overrides: list[str] = ()) -> dict:
     """Run every stage; returns the report (also written to OUT/report.json)."""
     from framethink.data.synth import write_synthetic_dataset
+    from framethink.model_card import add_evaluation
     from framethink.models.tiny import build_tiny
     from framethink.rl.trainer import train_rl
     from framethink.sft.trainer import train_sft
@@ -167,6 +168,7 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     report = summarise(results, sampled, out / "rl" / "metrics.jsonl", config.data.tasks, seed)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     summary = render_summary(report, out)
+    add_evaluation(rl_model, summary, source=f"`framethink demo` on its held-out synthetic clips (seed {seed})")
     (out / "report.md").write_text(summary + "\n")
     save_config_pair(config, out)
     print(summary)

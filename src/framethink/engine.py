@@ -261,7 +261,7 @@ def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> tor
 
 
 def schedule_horizon(config: TrainConfig, num_records: int, world: int) -> int:
-    """Steps of the learning-rate schedule (docs/method.md, "Learning-rate horizon"): `optim.schedule_steps`, or
+    """Steps of the learning-rate schedule (docs/method.md#learning-rate-horizon): `optim.schedule_steps`, or
     `optim.schedule_epochs` epochs of `num_records` records counted as transformers' Trainer counts them with one
     record per process and micro-batch (`ceil(epochs * (ceil(num_records / world) // prompts_per_step))`), or
     else `run.max_steps`. A reference run that stopped early keeps its schedule's horizon, not its stopping step."""
@@ -323,7 +323,7 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 def sum_over_processes(values: list[float], device: torch.device | str) -> list[float]:
     """Each value summed over all processes in one all-reduce (a step's token count, for token-level loss
-    normalisation: docs/method.md, "Normalisation across micro-batches and processes")."""
+    normalisation: docs/method.md#normalisation-across-micro-batches-and-processes)."""
     if not _distributed():
         return list(values)
     total = torch.tensor(values, dtype=torch.float64, device=device)  # [K]
@@ -631,6 +631,7 @@ class TrainingRun:
     def finish(self) -> Path:
         """Close the logs and export the final model in the Hugging Face layout (LoRA merged), with
         `framethink.json` recording the template, system message and frame rule it was trained with."""
+        from framethink.model_card import write_model_card
         from framethink.models.registry import write_training_settings
 
         self.logger.close()
@@ -649,6 +650,7 @@ class TrainingRun:
                 self.adapter.save_pretrained(final)
                 write_training_settings(final, template=self.config.data.template, system=self.config.data.system,
                                         frames=self.adapter.frames)
+                write_model_card(final, self.config, self.out, processes=self.world)
         wait_for_everyone()
         return final
 
