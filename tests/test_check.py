@@ -161,3 +161,10 @@ def test_a_recheck_skips_unchanged_media(tmp_path):
     after = check_dataset(path, root=tmp_path / "media", cache=cache)
     assert after.media_cached == 4 and [e.where for e in after.errors] == ["[2]"]
     assert check_dataset(path, root=tmp_path / "media", cache=cache).media_cached == 6  # the failure is cached too
+
+
+def test_check_benchmark_runs(tmp_path):
+    from benchmarks import bench_data_check
+
+    result = bench_data_check.run(tmp_path, clips=6, workers=2)
+    assert set(result["seconds"]) == {"one_process", "2_processes", "recheck_from_cache"}
