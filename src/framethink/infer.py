@@ -3,7 +3,7 @@
 `framethink infer` (and the server of `framethink serve`) go through `ask`: the record is encoded by the model's
 own adapter (its frame rule, pixel bounds and prompt template, as in training and evaluation), the completions of
 every frame order asked for are sampled in one batched call, and each sampled token reaches the caller as text
-through the adapter's per-token hook (`framethink.models.sampling.sample_completions`). See docs/serving.md.
+through the adapter's per-token hook (`framethink.models.sampling.sample_completions`). See docs/serving.md#framethink-infer.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def question_record(media: str | Path | None, kind: str, question: str, options:
 def decoding_settings(*, temperature: float | None = None, top_p: float | None = None,
                       max_new_tokens: int | None = None) -> Decoding:
     """Decoding for a question: the evaluation defaults (Video-R1's temperature 0.1, top_p 0.001, 1024 new tokens;
-    docs/serving.md) unless given; temperature 0 decodes greedily."""
+    docs/serving.md#decoding) unless given; temperature 0 decodes greedily."""
     defaults = EvalConfig()
     temperature = defaults.temperature if temperature is None else temperature
     if temperature < 0:
@@ -135,7 +135,7 @@ def ask(
     """Completions for `record`: `samples` per frame order, all rows in one batched generate call, row
     k * samples + j being sample j with frame order k. `on_text(row, piece)` gets each row's text as it is
     generated; `on_token` the raw sampled columns. `seed` decides the shuffled order and the sampling; `template`
-    (default: the model's own) wraps the question (docs/serving.md)."""
+    (default: the model's own) wraps the question (docs/serving.md#prompts)."""
     for order in frame_orders:
         check_frame_order(order)
     if samples < 1:

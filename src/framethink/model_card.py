@@ -1,4 +1,4 @@
-"""The model card (README.md) every exported model carries (docs/serving.md, "Model cards").
+"""The model card (README.md) every exported model carries (docs/serving.md#model-cards).
 
 `write_model_card` is called by the export: it records the base model, the stage and method, the resolved config
 (which reproduces the run), each data file the config names with its sha256, and the training length and final

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible chat-completions API of `framethink serve` (docs/serving.md, "The API").
+"""The OpenAI-compatible chat-completions API of `framethink serve` (docs/serving.md#the-api).
 
 POST /v1/chat/completions answers in OpenAI's `chat.completion` format, or, with `"stream": true`, as server-sent
 events: `data: {chat.completion.chunk}` lines, the first of each choice carrying the role, then one per text

@@ -1,6 +1,6 @@
 """Chat-completions messages -> one framethink record, with the media written to a request's own folder.
 
-What a request may hold (docs/serving.md, "The API"):
+What a request may hold (docs/serving.md#the-api):
 - one user message (a system message, or earlier turns, are refused: the model answers one question in the
   prompt format it was trained with); its content is a string or a list of parts;
 - text parts, joined with newlines into the question, sent to the model as written (the `plain` template);

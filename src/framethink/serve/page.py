@@ -1,4 +1,4 @@
-"""The web page of `framethink serve`, built with gradio (docs/serving.md, "The page").
+"""The web page of `framethink serve`, built with gradio (docs/serving.md#the-page).
 
 Pick an example video or upload one, ask a question (options optional), and watch the model's reasoning stream in;
 then the answer and the strip of frames the model saw, each with its time. With "compare" on, the same question is

@@ -3,7 +3,7 @@
 Both front ends of `framethink serve` (the chat-completions API and the web page) ask through `ModelSession`, so a
 question is answered the same way whichever door it came in by. Generation is CPU/GPU-bound and the adapter is not
 safe to call from two threads at once, so requests queue on one lock; a client that goes away stops its generation
-at the next token (docs/serving.md).
+at the next token (docs/serving.md#limits-and-safety).
 """
 from __future__ import annotations
 
