@@ -131,12 +131,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_help() -> str:
-    from framethink.eval.benchmarks import bench_help
-
-    return bench_help()
-
-
 def _infer(args: argparse.Namespace) -> int:
     from framethink.infer import run_infer
 
@@ -147,6 +141,14 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from framethink.inspect import run_inspect
+
+    return run_inspect(args.model, video=args.video, image=args.image, question=args.question, frames=args.frames,
+                       fps=args.fps, max_pixels=args.max_pixels, frame_order=args.frame_order, seed=args.seed,
+                       out=args.out, device=args.device)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from framethink.serve.app import serve
 
@@ -154,6 +156,12 @@ def _serve(args: argparse.Namespace) -> int:
           max_upload_mb=args.max_upload_mb, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
           examples=args.examples, device=args.device)
     return 0
+
+
+def _bench_help() -> str:
+    from framethink.eval.benchmarks import bench_help
+
+    return bench_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--examples", type=Path, default=None, help="folder of videos the page offers to pick")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     serve.set_defaults(func=_serve)
+
+    inspect = commands.add_parser("inspect", help="show (and save) what a model receives for one video or image")
+    inspect.add_argument("--model", type=Path, required=True, help="model checkpoint folder")
+    media = inspect.add_mutually_exclusive_group(required=True)
+    media.add_argument("--video", type=Path)
+    media.add_argument("--image", type=Path)
+    inspect.add_argument("--question", default=None, help="default: a generic question about the video or image")
+    inspect.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's frame rule)")
+    inspect.add_argument("--fps", type=float, default=None, help="sampling fps of a model that samples by fps")
+    inspect.add_argument("--max-pixels", type=int, default=None, help="the model's video_max_pixels")
+    inspect.add_argument("--frame-order", choices=["ordered", "shuffled", "reversed"], default="ordered")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    inspect.add_argument("--out", type=Path, default=None, help="FILE.safetensors: every tensor the forward gets")
+    inspect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    inspect.set_defaults(func=_inspect)
     return parser
 
 
