@@ -26,8 +26,10 @@ def test_every_model_type_and_tiny_architecture_has_one_family():
     types = [t for family in FAMILIES for t in family.model_types]
     archs = [a for family in FAMILIES for a in family.tiny_archs]
     assert len(types) == len(set(types)) and len(archs) == len(set(archs))
-    assert {"qwen2_vl", "qwen2_5_vl", "tinyllava", "framethink_tinyllava_video"} <= set(types)
-    assert {"qwen2-vl", "qwen2.5-vl", "tinyllava-video"} <= set(tiny_archs())
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "tinyllava",
+            "framethink_tinyllava_video"} <= set(types)
+    assert {"qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "tinyllava-video"} <= set(tiny_archs())
+    assert family_of("qwen3_5_moe") is family_of("qwen3_vl") is not family_of("qwen2_5_vl")
     assert family_of("qwen2_5_vl") is family_of("qwen2_vl") is not family_of("tinyllava")
     with pytest.raises(ConfigError, match=r"somewhere: model_type 'llama' is not supported \(known: .*qwen2_5_vl"):
         family_of("llama", "somewhere")

@@ -1,7 +1,8 @@
-"""The Qwen-VL policy adapter: generation agrees with the full forward, the vision encoder runs once per
-prompt batch, each prompt runs through the LM once (and once per row under gradient checkpointing, with the same
-log-probs and gradients), every forward of a training step gets the video and its 3-D positions, vision special
-tokens are never sampled, completion masks run through EOS, frame orders, and mixed-media batches."""
+"""The Qwen-VL policy adapter's own behaviour: every forward of a training step gets the video and its 3-D
+positions (M-RoPE blocks checked by hand), fps and each model's own encoder change the log-probs, vision special
+tokens are never sampled, completion masks run through EOS, frame orders, and mixed-media batches. What every
+family shares (generation against the full forward, the encoder once per prompt batch, prefix sharing against the
+per-row path) is tests/test_adapter_families.py."""
 from __future__ import annotations
 
 import copy
@@ -44,104 +45,6 @@ def _bias_logits(adapter, token_ids: list[int], value: float = 50.0):
     bias = torch.zeros(adapter.model.lm_head.out_features)
     bias[token_ids] = value
     return adapter.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
-
-
-@pytest.mark.parametrize("checkpoint", ["tiny_qwen25_vl_dir", "tiny_qwen2_vl_dir"])
-def test_incremental_generation_agrees_with_the_full_forward(request, checkpoint, synth_records):
-    adapter = load_qwen_vl_adapter(request.getfixturevalue(checkpoint))
-    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]  # prompt lengths differ: left padding
-    assert prompts[0].inputs["input_ids"].shape != prompts[1].inputs["input_ids"].shape
-    rows = [0, 0, 1, 1]
-
-    # sampled: the log-probs of each step's logits (one prefill per prompt, KV cache gathered to the rows,
-    # incremental positions) equal the log-prob forward's and those of a whole-sequence forward per row
-    steps: list[torch.Tensor] = []
-    hook = adapter.model.register_forward_hook(lambda module, args, out: steps.append(out.logits[:, -1].clone()))
-    sampled = adapter.generate(prompts, rows, Decoding(max_new_tokens=6), generator=torch.Generator().manual_seed(0))
-    hook.remove()
-    tokens, mask = sampled.tokens, sampled.mask.bool()
-    assert steps[0].shape[0] == 2  # the prefill ran the 2 prompts, not the 4 rows
-    incremental = torch.stack([steps[0][rows], *steps[1: tokens.shape[1]]], 1).log_softmax(-1)  # [N, T, V]
-    incremental = incremental.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
-    full = adapter.completion_logprobs(prompts, rows, tokens)
-    assert torch.allclose(full[mask], incremental[mask], atol=1e-5), (full - incremental)[mask].abs().max()
-    whole = adapter._completion_logprobs_per_row(adapter.model, prompts, rows, tokens)  # no cache anywhere
-    assert torch.allclose(full, whole, atol=1e-5), (full - whole).abs().max()
-
-    # greedy: every generated token is the argmax (vision tokens excluded) of the log-prob forward's logits
-    greedy = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
-    logits: list[torch.Tensor] = []
-    hook = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits))
-    logp = adapter.completion_logprobs(prompts, rows, greedy.tokens)
-    hook.remove()
-    prefill, completion = logits  # [2, 1, V] once per prompt, then [N, T-1, V] over the rows' tokens
-    forward = torch.cat([prefill[rows], completion], 1).float()  # [N, T, V]
-    assert forward.shape[:2] == greedy.tokens.shape
-    assert torch.allclose(forward.log_softmax(-1).gather(-1, greedy.tokens.unsqueeze(-1)).squeeze(-1), logp)
-    forward[..., adapter.suppress_ids] = float("-inf")
-    mask = greedy.mask.bool()
-    assert torch.equal(forward.argmax(-1)[mask], greedy.tokens[mask])
-
-
-def _spy_language_model(adapter, monkeypatch) -> list[tuple[int, int]]:
-    """Record the (rows, columns) of every call of the adapter model's language model."""
-    lm, seen = adapter.model.model.language_model, []
-    forward = lm.forward
-
-    def spy(*args, **kwargs):
-        seen.append(tuple(kwargs["inputs_embeds"].shape[:2]))
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(lm, "forward", spy)
-    return seen
-
-
-def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monkeypatch):
-    seen = _spy_visual(adapter, monkeypatch)
-    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
-    pixels = torch.cat([p.inputs["pixel_values_videos"] for p in prompts])  # [64, D]: 2 prompts x 32 patches
-    rows = [0] * 4 + [1] * 4  # G = 4 completions per prompt
-    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator())
-    assert len(seen) == 1 and torch.equal(seen[0], pixels)  # the 2 prompts' pixels, not 8 rows' worth
-    adapter.completion_logprobs(prompts, rows, completions.tokens)
-    assert len(seen) == 2 and torch.equal(seen[1], pixels)
-    adapter.model.gradient_checkpointing_enable()  # the whole-row fallback shares the features too
-    adapter.model.train()
-    adapter.completion_logprobs(prompts, rows, completions.tokens)
-    assert len(seen) == 3 and torch.equal(seen[2], pixels)
-    assert adapter.vision_encoder_calls == 3
-
-
-def test_each_prompt_runs_once_and_gradient_checkpointing_falls_back_to_whole_rows(adapter, synth_records, monkeypatch):
-    """Log-probs and their gradients are the same whether the prompts run once (KV cache gathered to the rows) or
-    once per row (the path under gradient checkpointing, where transformers drops the KV cache)."""
-    calls = _spy_language_model(adapter, monkeypatch)
-    prompts = [adapter.encode(r, template=TEMPLATE) for r in synth_records]
-    lp = max(p.inputs["input_ids"].shape[1] for p in prompts)
-    rows = [0, 0, 0, 1, 1]
-    tokens = torch.tensor(adapter.tokenizer("<think>red</think><answer>A</answer>")["input_ids"]).expand(5, -1)
-    t = tokens.shape[1]
-    adapter.model.train()
-
-    def logprobs_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logp = adapter.completion_logprobs(prompts, rows, tokens)
-        (logp * torch.arange(1.0, 6.0).unsqueeze(1)).sum().backward()  # rows weighted apart: gradients tell them apart
-        grads = [p.grad.clone() for p in adapter.model.parameters()]
-        adapter.model.zero_grad(set_to_none=True)
-        return logp.detach(), grads
-
-    shared, shared_grads = logprobs_and_gradients()
-    assert calls == [(2, lp), (5, t - 1)]  # the 2 prompts once, then the rows' completion tokens
-    adapter.model.gradient_checkpointing_enable()
-    whole, whole_grads = logprobs_and_gradients()
-    assert calls[2:] == [(5, lp + t)]  # every row with its whole prompt, in one forward
-    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
-    for a, b in zip(shared_grads, whole_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    adapter.model.eval()  # no training forward: the KV cache is kept, prompts run once again
-    with torch.no_grad():
-        torch.testing.assert_close(adapter.completion_logprobs(prompts, rows, tokens), whole, rtol=1e-5, atol=1e-5)
-    assert calls[3:] == [(2, lp), (5, t - 1)]
 
 
 def _check_positions(positions: torch.Tensor, attention: torch.Tensor) -> None:

@@ -1,8 +1,7 @@
-"""The TinyLLaVA-Video policy adapter behind the same interface as Qwen-VL: prompts and frames, generation
-against the full forward, the vision tower once per prompt batch, each prompt once through the LM (and once per
-row under gradient checkpointing, with the same log-probs, gradients and positions), the video in every forward,
-an RL step of the TinyLLaVA recipe (vision frozen, connector and LM trained), SFT, evaluation, the CLI and the
-demo."""
+"""The TinyLLaVA-Video policy adapter's own behaviour: prompts and frames, log-probs against the model's own
+placeholder forward, positions on both LM paths, the video in every forward, an RL step of the TinyLLaVA recipe
+(vision frozen, connector and LM trained), SFT, evaluation, the CLI and the demo. What every family shares is
+tests/test_adapter_families.py."""
 from __future__ import annotations
 
 import copy
@@ -156,86 +155,6 @@ def test_log_probs_match_the_models_own_placeholder_forward(adapter, records, tm
         assert torch.allclose(batched[row], alone, atol=1e-5)
 
 
-def test_generation_agrees_with_the_full_forward(adapter, records):
-    prompts = [adapter.encode(r, template=TEMPLATE) for r in records]  # prompt lengths differ: left padding
-    assert prompts[0].inputs["input_ids"].shape != prompts[1].inputs["input_ids"].shape
-    rows = [0, 0, 1, 1]
-
-    # sampled: each cached step's log-probs (one prefill per prompt, KV cache gathered to the rows) equal the
-    # log-prob forward's and those of a whole-sequence forward per row
-    steps: list[torch.Tensor] = []
-    hook = adapter.model.register_forward_hook(lambda module, args, out: steps.append(out.logits[:, -1].clone()))
-    sampled = adapter.generate(prompts, rows, Decoding(max_new_tokens=6), generator=torch.Generator().manual_seed(0))
-    hook.remove()
-    tokens, mask = sampled.tokens, sampled.mask.bool()
-    assert steps[0].shape[0] == 2  # the prefill ran the 2 prompts, not the 4 rows
-    incremental = torch.stack([steps[0][rows], *steps[1: tokens.shape[1]]], 1).log_softmax(-1)  # [N, T, V]
-    incremental = incremental.gather(-1, tokens[..., None]).squeeze(-1)  # [N, T]
-    full = adapter.completion_logprobs(prompts, rows, tokens)
-    assert torch.allclose(full[mask], incremental[mask], atol=1e-4)
-    whole = adapter._completion_logprobs_per_row(adapter.model, prompts, rows, tokens)  # no cache anywhere
-    torch.testing.assert_close(full, whole, rtol=1e-5, atol=1e-5)
-
-    # the same draw as every row prefilling its own copy of its prompt
-    copies = adapter.generate([prompts[i] for i in rows], list(range(len(rows))), Decoding(max_new_tokens=6),
-                              generator=torch.Generator().manual_seed(0))
-    assert torch.equal(copies.tokens, tokens) and torch.equal(copies.mask, sampled.mask)
-
-    # greedy: every generated token is the argmax of the log-prob forward's logits
-    greedy = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
-    logits: list[torch.Tensor] = []
-    hook = adapter.model.register_forward_hook(lambda module, args, out: logits.append(out.logits))
-    adapter.completion_logprobs(prompts, rows, greedy.tokens)
-    hook.remove()
-    prefill, completion = logits  # [2, 1, V] once per prompt, then [N, T-1, V] over the rows' tokens
-    forward = torch.cat([prefill[rows], completion], 1)  # [N, T, V]
-    mask = greedy.mask.bool()
-    assert torch.equal(forward.argmax(-1)[mask], greedy.tokens[mask])
-    texts = adapter.decode(greedy)
-    assert texts[0] == texts[1] and texts[2] == texts[3]  # rows of one prompt decode alike
-    assert adapter.generate_texts(prompts, Decoding(max_new_tokens=6, do_sample=False)) == [texts[0], texts[2]]
-
-    # decode cuts at EOS: force EOS as the third token of every row
-    eos = adapter.eos_ids[0]
-    bias = torch.zeros(adapter.model.get_output_embeddings().out_features)
-    calls = []
-
-    def force_eos(module, args, out):
-        calls.append(1)
-        return out + (bias.index_fill(0, torch.tensor([eos]), 1e4) if len(calls) == 3 else bias)
-
-    hook = adapter.model.get_output_embeddings().register_forward_hook(force_eos)
-    stopped = adapter.generate(prompts, rows, Decoding(max_new_tokens=6, do_sample=False))
-    hook.remove()
-    assert stopped.tokens.shape == (4, 3) and (stopped.tokens[:, 2] == eos).all()
-    assert stopped.mask.sum(-1).tolist() == [3, 3, 3, 3]
-    assert adapter.decode(stopped) == [adapter.tokenizer.decode(t[:2].tolist()) for t in stopped.tokens]
-
-
-def test_vision_tower_runs_once_per_prompt_batch(adapter, records, monkeypatch):
-    seen: list[torch.Tensor] = []
-    tower = adapter.model.vision_tower
-    forward = tower.forward
-
-    def spy(pixel_values, **kwargs):
-        seen.append(pixel_values.detach().clone())
-        return forward(pixel_values, **kwargs)
-
-    monkeypatch.setattr(tower, "forward", spy)
-    prompts = [adapter.encode(r, template=TEMPLATE) for r in records]
-    frames = torch.cat([p.inputs["pixel_values_videos"][0] for p in prompts])  # [8, 3, 56, 56]: 2 clips x 4 frames
-    rows = [0] * 4 + [1] * 4  # G = 4 completions per prompt
-    completions = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
-    assert len(seen) == 1 and torch.equal(seen[0], frames)  # the 2 clips, not 8 rows' worth
-    adapter.completion_logprobs(prompts, rows, completions.tokens)
-    assert len(seen) == 2 and torch.equal(seen[1], frames)
-    adapter.model.gradient_checkpointing_enable()  # the whole-row fallback shares the video too
-    adapter.model.train()
-    adapter.completion_logprobs(prompts, rows, completions.tokens)
-    assert len(seen) == 3 and torch.equal(seen[2], frames)
-    assert adapter.vision_encoder_calls == 3
-
-
 def _spy_language_model(adapter, monkeypatch) -> list[tuple[tuple[int, int], torch.Tensor]]:
     """Record the (rows, columns) and position ids of every call of the adapter model's language model."""
     lm, seen = adapter.model.language_model, []
@@ -249,9 +168,9 @@ def _spy_language_model(adapter, monkeypatch) -> list[tuple[tuple[int, int], tor
     return seen
 
 
-def test_each_prompt_runs_once_and_gradient_checkpointing_falls_back_to_whole_rows(adapter, records, monkeypatch):
-    """Log-probs, their gradients and the positions are the same whether the prompts run once (KV cache gathered
-    to the rows) or once per row (the path under gradient checkpointing, where transformers drops the KV cache)."""
+def test_positions_count_from_each_rows_first_real_token_on_both_paths(adapter, records, monkeypatch):
+    """The model numbers positions by the attended tokens: a left-padded row's prompt and completion positions are
+    the same whether the prompts run once (cache gathered to the rows) or once per row (gradient checkpointing)."""
     calls = _spy_language_model(adapter, monkeypatch)
     prompts = [adapter.encode(r, template=TEMPLATE) for r in records]
     lengths = [p.inputs["input_ids"].shape[1] + adapter.model.config.num_queries - 1 for p in prompts]
@@ -261,37 +180,13 @@ def test_each_prompt_runs_once_and_gradient_checkpointing_falls_back_to_whole_ro
     tokens = torch.tensor(adapter.tokenizer("<think>red</think><answer>A</answer>").input_ids).expand(6, -1)
     t = tokens.shape[1]
     adapter.model.train()
-
-    def logprobs_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp = adapter.completion_logprobs(prompts, rows, tokens)
-        (logp * torch.arange(1.0, 7.0).unsqueeze(1)).sum().backward()  # rows weighted apart: gradients tell them apart
-        # SigLIP's last layer and pooling head come after the feature layer (-2): they get no gradient
-        grads = {name: p.grad.clone() for name, p in adapter.model.named_parameters() if p.grad is not None}
-        adapter.model.zero_grad(set_to_none=True)
-        return logp.detach(), grads
-
-    shared, shared_grads = logprobs_and_gradients()
-    assert [shape for shape, _ in calls] == [(2, lp), (6, t - 1)]  # the 2 prompts once, then the rows' completions
+    adapter.completion_logprobs(prompts, rows, tokens)
     adapter.model.gradient_checkpointing_enable()
-    whole, whole_grads = logprobs_and_gradients()
-    assert [shape for shape, _ in calls[2:]] == [(6, lp + t)]  # every row with its whole prompt, in one forward
-    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
-    assert shared_grads.keys() == whole_grads.keys()
-    assert any(name.startswith("connector.") for name in shared_grads)
-    assert any(name.startswith("language_model.") for name in shared_grads)
-    for name, grad in shared_grads.items():
-        torch.testing.assert_close(grad, whole_grads[name], rtol=1e-4, atol=1e-6)
-
-    # positions count from each row's first real token, on both paths alike
+    adapter.completion_logprobs(prompts, rows, tokens)
     (_, prefill), (_, completion), (_, per_row) = calls
     assert torch.equal(per_row[:, :lp], prefill[rows]) and torch.equal(per_row[:, lp:-1], completion)
     for row, i in enumerate(rows):
         assert per_row[row, lp - lengths[i]:].tolist() == list(range(lengths[i] + t))
-
-    adapter.model.eval()  # no training forward: the KV cache is kept, prompts run once again
-    with torch.no_grad():
-        torch.testing.assert_close(adapter.completion_logprobs(prompts, rows, tokens), whole, rtol=1e-5, atol=1e-5)
-    assert [shape for shape, _ in calls[3:]] == [(2, lp), (6, t - 1)]
 
 
 @torch.no_grad()

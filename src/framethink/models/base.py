@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from types import MethodType
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,19 @@ Encode = Callable[[list[int], bool], tuple[list[Any], list[Any]]]
 # `past_key_values`, and warns about the old name), else `past_key_values` (5.17). Read from one of its causal LMs:
 # every model of one transformers version follows the same convention.
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def keep_recurrent_state(layer: Any, recurrent_states: torch.Tensor | list[torch.Tensor], state_idx: int = 0,
+                         **_: Any) -> torch.Tensor:
+    """A linear-attention cache layer's `update_recurrent_state` that keeps the new state tensor instead of copying
+    it into the old one. transformers copies in place (a fixed address for CUDA graphs); in a training forward that
+    continues a shared prefill, the old state (gathered to the rows) is saved for the backward pass, and the copy
+    would overwrite it. Keeping the new tensor gives the same values and a sound backward."""
+    if not layer.is_recurrent_states_initialized[state_idx]:
+        layer.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+    last = recurrent_states if isinstance(recurrent_states, torch.Tensor) else recurrent_states[-1]
+    layer.recurrent_states[state_idx] = last
+    return last
 
 
 @dataclass
@@ -286,8 +300,13 @@ class AdapterBase:
         return self.decode(self.generate(prompts, list(range(len(prompts))), decoding))
 
     def _new_cache(self, model: torch.nn.Module) -> DynamicCache:
-        """An empty cache laid out for `model`'s layers (attention KV, and linear-attention states where it has them)."""
-        return DynamicCache(config=model.config)
+        """An empty cache laid out for `model`'s layers (attention KV, and linear-attention states where it has
+        them), whose linear-attention layers keep each new recurrent state as it is (`keep_recurrent_state`)."""
+        cache = DynamicCache(config=model.config)
+        for layer in cache.layers:
+            if hasattr(layer, "update_recurrent_state"):
+                layer.update_recurrent_state = MethodType(keep_recurrent_state, layer)
+        return cache
 
     def _forward(self, model: torch.nn.Module, rows: PackedRows, **kwargs: Any) -> torch.Tensor:
         """Logits of `model` over packed rows (`kwargs`: cache, use_cache, logits_to_keep)."""

@@ -18,10 +18,11 @@ import torch
 from framethink.data.clips import FrameRule
 from framethink.errors import ConfigError
 from framethink.models.base import Family
+from framethink.models.qwen3_vl.family import FAMILY as QWEN3_VL
 from framethink.models.qwen_vl.family import FAMILY as QWEN_VL
 from framethink.models.tinyllava.family import FAMILY as TINYLLAVA
 
-FAMILIES: tuple[Family, ...] = (QWEN_VL, TINYLLAVA)
+FAMILIES: tuple[Family, ...] = (QWEN_VL, QWEN3_VL, TINYLLAVA)
 TRAINING_FILE = "framethink.json"
 
 
