@@ -60,7 +60,7 @@ CONFIGS = {
 }
 # HBM bandwidth in TB/s by device-name fragment, most specific first
 BANDWIDTH_TBS = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100-SXM4-80GB", 2.039), ("A100", 1.555))
-VIDEO_PIXELS = 128 * 28 * 28  # Video-R1 training, per frame (SPEC 2.2)
+VIDEO_PIXELS = 128 * 28 * 28  # Video-R1 training, per frame (recipes/video-r1.yaml)
 
 
 def build_model(sizes: dict, tokenizer, *, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:

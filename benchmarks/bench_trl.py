@@ -64,7 +64,7 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
     clock = StepClock()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     for name, param in model.model.visual.named_parameters():  # the same trainable set as framethink's recipe:
-        param.requires_grad_(name.startswith("merger"))  # vision tower frozen (SPEC 6), merger trained
+        param.requires_grad_(name.startswith("merger"))  # vision tower frozen (docs/method.md#recipes), merger trained
     trainer = GRPOTrainer(
         model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
         train_dataset=Dataset.from_list(rows * (warmup + steps)),
@@ -87,7 +87,7 @@ def run(work: Path, *, prompts: int = 4, g: int = 8, new_tokens: int = 64, image
     framethink's steps are split in two halves around TRL's run so that a drift in machine load hits both.
     """
     model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
-    # TRL's processor reads the checkpoint's image bounds: give it the recipe's (SPEC 2.2), as framethink uses
+    # TRL's processor reads the checkpoint's image bounds: give it the recipe's, as framethink uses
     bounds = model_dir / "preprocessor_config.json"
     recipe_bounds = {"min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28}
     bounds.write_text(json.dumps({**json.loads(bounds.read_text()), **recipe_bounds}))

@@ -1,4 +1,4 @@
-"""Hand-computed policy-loss values, gradients and diagnostics (docs/method.md, "Policy losses"): GRPO, DAPO,
+"""Hand-computed policy-loss values, gradients and diagnostics (docs/method.md#policy-losses): GRPO, DAPO,
 GSPO, GSPO-token, the KL guards and the step-level normalisation."""
 from __future__ import annotations
 

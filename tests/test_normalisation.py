@@ -1,7 +1,7 @@
 """Every loss normalisation (RL: sequence, token, constant; SFT: token mean) gives the same gradient for one step
 whether its rows run as one batch, as accumulated micro-batches, or split over two processes (torchrun, gloo):
-each micro-batch is divided by the step's totals over all micro-batches and processes (docs/method.md,
-"Normalisation across micro-batches and processes"). Rows differ in length, so a micro-batch's own token mean
+each micro-batch is divided by the step's totals over all micro-batches and processes
+(docs/method.md#normalisation-across-micro-batches-and-processes). Rows differ in length, so a micro-batch's own token mean
 weighted by its row share would not give the step's token mean."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hand-computed values for every rule of SPEC section 4."""
+"""Hand-computed values for every reward rule (docs/method.md#rewards)."""
 from __future__ import annotations
 
 import pytest
@@ -65,7 +65,7 @@ def test_parse_number(text, expected):
     assert parse_number(text) == expected
 
 
-# --- accuracy by type (SPEC 4.1) --------------------------------------------------------------
+# --- accuracy by type (docs/method.md#accuracy-by-problem-type) --------------------------------------------------------------
 
 @pytest.mark.parametrize("pred, gold, expected", [
     ("B", "B", 1.0), ("(B)", "B", 1.0), ("B.", "B", 1.0), ("B. dog", "B", 1.0), (" b ", "B", 1.0),
@@ -141,7 +141,7 @@ def test_unknown_problem_type_raises():
         accuracy_reward(wrap("B"), "B", "Multiple Choice")
 
 
-# --- format (SPEC 4.2) ------------------------------------------------------------------------
+# --- format (docs/method.md#format) ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, video_r1, tiny", [
     ("<think>a</think><answer>B</answer>", 1.0, 1.0),
@@ -159,7 +159,7 @@ def test_format_rules(text, video_r1, tiny):
     assert tinyllava_format(text) == tiny
 
 
-# --- Video-R1 length bonus (SPEC 4.3) ---------------------------------------------------------
+# --- Video-R1 length bonus (docs/method.md#video-r1-total-reward) ---------------------------------------------------------
 
 def test_length_bonus_interval_and_threshold():
     acc = [1.0, 1.0, 0.0, 1.0, 1.0, 0.1, 0.11]
@@ -190,7 +190,7 @@ def test_length_bonus_group_function():
     assert get_reward("length_bonus")(g, omega=0.1).rewards == [0.1, 0.0, 0.0, 0.1]
 
 
-# --- TinyLLaVA-Video-R1 (SPEC 4.4) ------------------------------------------------------------
+# --- TinyLLaVA-Video-R1 (docs/method.md#tinyllava-video-r1-reward) ------------------------------------------------------------
 
 @pytest.mark.parametrize("length, ml, expected", [
     (0, 1200, 0.0), (300, 1200, 0.125), (600, 1200, 0.25), (1200, 1200, 0.5), (2400, 1200, 0.5), (50, 100, 0.25),

@@ -1,4 +1,4 @@
-"""Property tests: no string makes a reward raise, and every reward stays in its documented range (SPEC 4)."""
+"""Property tests: no string makes a reward raise, and every reward stays in its documented range (docs/method.md#rewards)."""
 from __future__ import annotations
 
 from hypothesis import given, settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from framethink.models.sampling import Completions
 from framethink.rewards import RewardOutput
 from framethink.rl.advantages import compute_advantages
 from framethink.rl.rollout import SampledGroups, sample_groups, score_group
+from framethink.rl.step import RLRun, sample_step_groups
 
 CF = "<think>a</think><answer>A</answer>"  # correct, formatted
 CU = "<answer>A</answer>"  # correct, no <think>
@@ -206,3 +208,44 @@ def test_truncated_completions_are_flagged():
     # lengths 1, 2, 3, 1 with no end token: only the one that reached max_new_tokens = 3 was cut
     assert groups.truncated.tolist() == [False, False, True, False]
     assert groups.metrics()["truncated"] == 0.25
+
+
+def _run(rl: RLConfig, adapter, pool: list[Record]) -> RLRun:
+    """An RL run around a scripted adapter: what `sample_step_groups` reads (config, adapter, RNG, rank)."""
+    config = SimpleNamespace(rl=rl, data=SimpleNamespace(template="t"), run=SimpleNamespace(seed=0))
+    return RLRun(SimpleNamespace(config=config, adapter=adapter, generator=torch.Generator(), world=1, rank=0), pool)
+
+
+DYNAMIC = {**SCRIPT, ("c1", "ordered"): [CF] * 4, ("c2", "ordered"): [WB] * 4}  # all right / all wrong: std 0
+
+
+def test_dynamic_sampling_drops_all_equal_groups_and_refills():
+    adapter = ScriptedAdapter(DYNAMIC)
+    rl = _rl(algorithm="grpo", dynamic_sampling=True, max_sampling_rounds=3)
+    groups, metrics = sample_step_groups(_run(rl, adapter, [_record("v2", "video")]),
+                                         [_record("c1", "video"), _record("v1", "video")], step=0)
+    # round 0: c1 dropped (all correct), v1 kept; round 1: one fresh prompt (v2, the only record) kept
+    assert [keys for keys, _ in adapter.generated] == [[("c1", "ordered"), ("v1", "ordered")], [("v2", "ordered")]]
+    assert [p.record.id for p in groups.prompts] == ["v1", "v2"]
+    assert groups.texts == DYNAMIC["v1", "ordered"] + DYNAMIC["v2", "ordered"]
+    assert metrics["sampling/drop_rate"] == pytest.approx(1 / 3) and metrics["sampling/rounds"] == 2
+    assert metrics["sampling/uninformative_kept"] == 0.0
+    assert metrics["accuracy"] == pytest.approx((1.0 + 0.75 + 0.25) / 3)  # over every group sampled
+
+
+def test_dynamic_sampling_stops_at_the_cap_and_keeps_the_batch_size():
+    adapter = ScriptedAdapter(DYNAMIC)
+    rl = _rl(algorithm="grpo", dynamic_sampling=True, max_sampling_rounds=1)
+    groups, metrics = sample_step_groups(_run(rl, adapter, [_record("c1", "video")]),
+                                         [_record("c1", "video"), _record("c2", "video")], step=0)
+    assert len(adapter.generated) == 2  # the batch, then one extra round (the cap)
+    assert [p.record.id for p in groups.prompts] == ["c1", "c2"]  # nothing informative: the dropped fill in
+    assert metrics["sampling/drop_rate"] == 1.0 and metrics["sampling/uninformative_kept"] == 1.0
+
+
+def test_without_dynamic_sampling_every_group_stays():
+    adapter = ScriptedAdapter(DYNAMIC)
+    groups, metrics = sample_step_groups(_run(_rl(algorithm="grpo"), adapter, []),
+                                         [_record("c1", "video"), _record("v1", "video")], step=0)
+    assert [p.record.id for p in groups.prompts] == ["c1", "v1"] and len(adapter.generated) == 1
+    assert not any(key.startswith("sampling/") for key in metrics)

@@ -1,5 +1,5 @@
 """The learning-rate schedule and its horizon: each shipped recipe reproduces the rate curve its reference run
-actually had (docs/method.md, "Learning-rate horizon"), values computed by hand from transformers' schedule
+actually had (docs/method.md#learning-rate-horizon), values computed by hand from transformers' schedule
 formulas (transformers/optimization.py, `_get_cosine_schedule_with_warmup_lr_lambda`,
 `_get_linear_schedule_with_warmup_lr_lambda`) and the Trainer's step count (`num_update_steps_per_epoch`)."""
 from __future__ import annotations

@@ -91,7 +91,7 @@ class RLConfig:
     top_p: float = 1.0
     max_new_tokens: int = 768
     beta: float = 0.04  # k3 KL weight; 0 loads no reference model
-    # KL guards of the reference codes (docs/method.md, "KL guards"): clamp ref - logp (Video-R1: 10) / the k3
+    # KL guards of the reference codes (docs/method.md#kl-guards): clamp ref - logp (Video-R1: 10) / the k3
     # value (TinyLLaVA: 100); none by default
     kl_log_ratio_clamp: float | None = None
     kl_clamp: float | None = None
@@ -118,7 +118,7 @@ class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"  # cosine | linear | constant (transformers' schedule formulas, docs/method.md)
+    schedule: str = "cosine"  # cosine | linear | constant (docs/method.md#learning-rate-horizon)
     # the schedule's horizon, separate from run.max_steps (a reference run may stop long before its schedule
     # ends): in optimiser steps, or in epochs of the training file; neither = run.max_steps
     schedule_steps: int | None = None

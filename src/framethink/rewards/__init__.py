@@ -1,4 +1,4 @@
-"""Rule-based rewards (docs/method.md, "Rewards"): answer accuracy by problem type, format, length shaping, registry."""
+"""Rule-based rewards (docs/method.md#rewards): answer accuracy by problem type, format, length shaping, registry."""
 from framethink.rewards.accuracy import (
     CORRECT_THRESHOLD,
     accuracy_reward,

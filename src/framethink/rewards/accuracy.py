@@ -1,4 +1,4 @@
-"""Answer extraction and the accuracy reward of each problem type (SPEC 4, 4.1).
+"""Answer extraction and the accuracy reward of each problem type (docs/method.md#accuracy-by-problem-type).
 
 Every function here is pure and total: a completion that cannot be parsed scores 0, it never
 raises. Only an unknown `problem_type` raises, because that is a fault in the data, not in the
@@ -14,7 +14,7 @@ from rouge_score import rouge_scorer
 
 from framethink.errors import ConfigError
 
-# A response whose accuracy exceeds this is "judged correct" (length bonus, T-GRPO, SPEC 4.3 / 5).
+# A response whose accuracy exceeds this is "judged correct" (length bonus, T-GRPO: docs/method.md).
 CORRECT_THRESHOLD = 0.1
 
 _ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
@@ -27,13 +27,13 @@ _REGRESSION_EPS = 1e-9
 
 
 def extract_answer(text: str) -> str:
-    """Text of the first `<answer>...</answer>` block, inner whitespace stripped; "" if none (SPEC 4)."""
+    """Text of the first `<answer>...</answer>` block, inner whitespace stripped; "" if none (docs/method.md#rewards)."""
     match = _ANSWER_RE.search(text)
     return match.group(1) if match else ""
 
 
 def normalize_option(text: str) -> str:
-    """Upper-case option letter of "B", "(B)", "B.", "B)", "B. dog", " b "; "" for anything else (SPEC 4.1)."""
+    """Upper-case option letter of "B", "(B)", "B.", "B)", "B. dog", " b "; "" for anything else (docs/method.md#accuracy-by-problem-type)."""
     stripped = text.strip()
     match = _BARE_OPTION_RE.fullmatch(stripped) or _LABELED_OPTION_RE.fullmatch(stripped)
     if match is None:
@@ -51,7 +51,7 @@ def parse_number(text: str) -> float | None:
 
 
 def multiple_choice_accuracy(pred: str, gold: str) -> float:
-    """1 if the predicted option letter equals the gold one, else 0 (SPEC 4.1).
+    """1 if the predicted option letter equals the gold one, else 0 (docs/method.md#accuracy-by-problem-type).
 
     A gold answer that is not an option letter is compared as stripped text, as the reference does.
     """
@@ -62,7 +62,7 @@ def multiple_choice_accuracy(pred: str, gold: str) -> float:
 
 
 def numerical_accuracy(pred: str, gold: str) -> float:
-    """1 if both parse and agree to 2 decimals; 0 if exactly one has a '.' or ',' (SPEC 4.1).
+    """1 if both parse and agree to 2 decimals; 0 if exactly one has a '.' or ',' (docs/method.md#accuracy-by-problem-type).
 
     The decimal-mark rule is the reference's: "3.0" vs gold "3" and "1,000" vs gold "1000" score 0.
     """
@@ -75,7 +75,7 @@ def numerical_accuracy(pred: str, gold: str) -> float:
 
 
 def ocr_accuracy(pred: str, gold: str) -> float:
-    """1 - word error rate of pred against gold, clipped to [0, 1] (SPEC 4.1).
+    """1 - word error rate of pred against gold, clipped to [0, 1] (docs/method.md#accuracy-by-problem-type).
 
     Words are split on any whitespace; an empty reference scores 1 only against an empty prediction
     (edit distance / max(1, #reference words)).
@@ -88,14 +88,14 @@ def ocr_accuracy(pred: str, gold: str) -> float:
 
 
 def free_form_accuracy(pred: str, gold: str) -> float:
-    """Mean of ROUGE-1, ROUGE-2 and ROUGE-L F-measures (Porter stemmer on), clipped to [0, 1] (SPEC 4.1)."""
+    """Mean of ROUGE-1, ROUGE-2 and ROUGE-L F-measures (Porter stemmer on), clipped to [0, 1] (docs/method.md#accuracy-by-problem-type)."""
     scores = _ROUGE.score(gold, pred)
     mean_f = (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure + scores["rougeL"].fmeasure) / 3
     return min(1.0, max(0.0, mean_f))
 
 
 def regression_accuracy(pred: str, gold: str) -> float:
-    """1 - clip(|pred - gold| / |gold|, 0, 1); unparsable gives 0 (SPEC 4.1).
+    """1 - clip(|pred - gold| / |gold|, 0, 1); unparsable gives 0 (docs/method.md#accuracy-by-problem-type).
 
     |gold| is floored at 1e-9 so gold 0 scores 1 for an exact 0 and 0 for anything else.
     """
@@ -116,7 +116,7 @@ _ACCURACY_BY_TYPE = {
 
 
 def answer_accuracy(pred: str, gold: str, problem_type: str) -> float:
-    """Accuracy in [0, 1] of an already extracted answer against the gold answer (SPEC 4.1)."""
+    """Accuracy in [0, 1] of an already extracted answer against the gold answer (docs/method.md#accuracy-by-problem-type)."""
     rule = _ACCURACY_BY_TYPE.get(problem_type)
     if rule is None:
         raise ConfigError(f"unknown problem_type {problem_type!r}; known: {sorted(_ACCURACY_BY_TYPE)}")
@@ -124,5 +124,5 @@ def answer_accuracy(pred: str, gold: str, problem_type: str) -> float:
 
 
 def accuracy_reward(completion: str, answer: str, problem_type: str) -> float:
-    """Accuracy in [0, 1] of a raw completion against the gold answer (already extracted) (SPEC 4, 4.1)."""
+    """Accuracy in [0, 1] of a raw completion against the gold answer (already extracted) (docs/method.md#accuracy-by-problem-type)."""
     return answer_accuracy(extract_answer(completion), answer, problem_type)

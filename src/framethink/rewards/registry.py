@@ -1,9 +1,9 @@
-"""Group-level reward functions and the registry a recipe names them from (SPEC 4.3, 4.4).
+"""Group-level reward functions and the registry a recipe names them from (docs/method.md#rewards).
 
 A reward function takes one prompt's group of completions and keyword parameters from the recipe,
 and returns the value it contributes to each completion plus named components for logging. The
 trainer sums the `rewards` of the functions a recipe lists; the `accuracy` component is what the
-T-GRPO bonus (SPEC 5) reads.
+T-GRPO bonus (docs/method.md#t-grpo) reads.
 """
 from __future__ import annotations
 
@@ -53,20 +53,20 @@ def _accuracies(group: CompletionGroup) -> list[float]:
 
 
 def accuracy(group: CompletionGroup) -> RewardOutput:
-    """Accuracy reward of each completion by the group's problem type (SPEC 4.1)."""
+    """Accuracy reward of each completion by the group's problem type (docs/method.md#accuracy-by-problem-type)."""
     acc = _accuracies(group)
     return RewardOutput(rewards=acc, components={"accuracy": acc})
 
 
 def video_r1_format_reward(group: CompletionGroup) -> RewardOutput:
-    """Video-R1 format reward, 1 or 0 (SPEC 4.2)."""
+    """Video-R1 format reward, 1 or 0 (docs/method.md#format)."""
     fmt = [video_r1_format(c) for c in group.completions]
     return RewardOutput(rewards=fmt, components={"format": fmt})
 
 
 def video_r1_length_bonus(accuracies: list[float], num_tokens: list[int], *, omega: float = 0.2,
                           l_min: int = 320, l_max: int = 512, require_two_correct: bool = True) -> list[float]:
-    """omega for each correct response (accuracy > 0.1) whose token length is in [l_min, l_max] (SPEC 4.3).
+    """omega for each correct response (accuracy > 0.1) whose token length is in [l_min, l_max] (docs/method.md#video-r1-total-reward).
 
     omega is 0.2 in the reference code (0.1 in the paper). With `require_two_correct` (the code's
     behaviour) nothing is awarded unless at least two responses of the group are correct.
@@ -81,7 +81,7 @@ def video_r1_length_bonus(accuracies: list[float], num_tokens: list[int], *, ome
 
 def length_bonus(group: CompletionGroup, *, omega: float = 0.2, l_min: int = 320, l_max: int = 512,
                  require_two_correct: bool = True) -> RewardOutput:
-    """Video-R1 length bonus of each completion of the group (SPEC 4.3)."""
+    """Video-R1 length bonus of each completion of the group (docs/method.md#video-r1-total-reward)."""
     bonus = video_r1_length_bonus(_accuracies(group), group.num_tokens, omega=omega, l_min=l_min,
                                   l_max=l_max, require_two_correct=require_two_correct)
     return RewardOutput(rewards=bonus, components={"length_bonus": bonus})
@@ -89,8 +89,8 @@ def length_bonus(group: CompletionGroup, *, omega: float = 0.2, l_min: int = 320
 
 def tinyllava(group: CompletionGroup, *, variant: str = "code", ml: int = 1200, r0: float = 0.5,
               r1: float = 0.5, r2: float = 1.0) -> RewardOutput:
-    """The whole TinyLLaVA-Video-R1 reward: accuracy, format-with-length and the total rule (docs/method.md,
-    "TinyLLaVA-Video-R1 reward").
+    """The whole TinyLLaVA-Video-R1 reward: accuracy, format-with-length and the total rule
+    (docs/method.md#tinyllava-video-r1-reward).
 
     Every rule reads the completion stripped of surrounding whitespace, as the reference does: its trainer
     strips each decoded completion before calling the reward functions (TinyLLaVA-Video-R1,
@@ -126,7 +126,7 @@ def overlong_penalty(num_tokens: int, *, max_length: int, cache: int) -> float:
 
 
 def overlong(group: CompletionGroup, *, max_length: int, cache: int) -> RewardOutput:
-    """DAPO's overlong reward shaping of each completion by its length in tokens (docs/method.md, "DAPO")."""
+    """DAPO's overlong reward shaping of each completion by its length in tokens (docs/method.md#dapo)."""
     penalty = [overlong_penalty(n, max_length=max_length, cache=cache) for n in group.num_tokens]
     return RewardOutput(rewards=penalty, components={"overlong": penalty})
 
@@ -143,7 +143,7 @@ REWARDS: dict[str, RewardFn] = {name: fn for name, (fn, _) in _REGISTRY.items()}
 
 
 def get_reward(name: str) -> RewardFn:
-    """The registered group reward function called `name` (docs/method.md, "Rewards")."""
+    """The registered group reward function called `name` (docs/method.md#rewards)."""
     if name not in REWARDS:
         raise ConfigError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
     return REWARDS[name]

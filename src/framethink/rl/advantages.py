@@ -1,5 +1,5 @@
 """Advantage estimators, registered by name, and the T-GRPO temporal bonus, a reward-stage step
-(docs/method.md, "Advantages" and "T-GRPO"). Pure torch, no model.
+(docs/method.md#advantages, docs/method.md#t-grpo). Pure torch, no model.
 
 An estimator is one function and one `@register_advantage` line (the pattern of verl's
 `verl/trainer/ppo/core_algos.py`, `register_adv_est`): rewards [B, G] of B prompt groups in, advantages [B, G] out.
@@ -91,7 +91,7 @@ class TemporalBonus:
 
 def temporal_bonus(acc_ordered: Tensor, acc_shuffled: Tensor, is_video: Tensor, *, alpha: float = 0.3,
                    mu: float = 0.8, correct_threshold: float = 0.1, strict: bool = False) -> TemporalBonus:
-    """T-GRPO temporal reward r_t per prompt group (docs/method.md, "T-GRPO"), added to the rewards before the
+    """T-GRPO temporal reward r_t per prompt group (docs/method.md#t-grpo), added to the rewards before the
     advantages.
 
     acc_ordered: [B, G] accuracy of responses to the ordered frames; acc_shuffled: [B, Gs] accuracy on

@@ -1,4 +1,4 @@
-"""Policy losses, registered by name (docs/method.md, "Policy losses"). Pure torch, no model.
+"""Policy losses, registered by name (docs/method.md#policy-losses). Pure torch, no model.
 
 Each loss is one function and one `@register_policy_loss` line, the pattern of verl's
 `verl/trainer/ppo/core_algos.py` (`register_policy_loss`, `agg_loss`): it takes the step's log-probabilities,

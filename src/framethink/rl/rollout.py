@@ -1,4 +1,4 @@
-"""Sampling and scoring a batch of prompt groups (docs/method.md, "Rewards" and "T-GRPO").
+"""Sampling and scoring a batch of prompt groups (docs/method.md#rewards, docs/method.md#t-grpo).
 
 For a batch mixing image, video and text-only records, every ordered prompt gets G completions and, under
 T-GRPO, every video prompt also gets G~ completions on its own frames permuted once (one permutation per

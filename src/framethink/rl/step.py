@@ -3,7 +3,7 @@
     rl_step(run, batch, step)
         sample     one batched generate for the batch's prompts (+ shuffled clips under T-GRPO), scored with the
                    recipe's rewards (temporal bonus included); under dynamic sampling, groups whose rewards are
-                   all equal are dropped and fresh prompts refill the batch (docs/method.md, "DAPO")
+                   all equal are dropped and fresh prompts refill the batch (docs/method.md#dapo)
         rollout    advantages, then the sampling policy's and the reference model's log-probs: a `Rollout`,
                    complete and immutable from here on
         update     num_iterations x (policy log-probs, the recipe's policy loss normalised by the step's totals
@@ -176,7 +176,7 @@ def policy_update(engine: TrainingRun, rollout: Rollout) -> dict[str, float]:
 
 
 def rl_step(run: RLRun, batch: list[Record], step: int) -> StepResult:
-    """One RL step on this process's `batch` (docs/method.md, "One RL step"): sample, build the rollout, update.
+    """One RL step on this process's `batch` (docs/method.md#one-rl-step): sample, build the rollout, update.
     Returns the rollout and this process's metrics (the caller averages them over processes and logs them)."""
     engine, adapter = run.engine, run.adapter
     sync = torch.cuda.synchronize if adapter.model.device.type == "cuda" else (lambda: None)

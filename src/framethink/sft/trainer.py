@@ -1,4 +1,4 @@
-"""Supervised cold start (docs/method.md, "Cold start"): CoT records (target `process + "\\n" + solution`) or LLaVA conversations.
+"""Supervised cold start (docs/method.md#cold-start): CoT records (target `process + "\\n" + solution`) or LLaVA conversations.
 
 The loss covers the assistant tokens only: prompt and vision pads are never targets, because the target
 is scored as a completion after the prompt. `sft.answer` chooses what the answer slot teaches:
@@ -103,7 +103,7 @@ def sft_loss(adapter, prompts, targets: list[Target], *, target_total: float | N
 def sft_update(run, prompts, targets: list[Target]) -> float:
     """One optimiser step on `targets`: `optim.grad_accum` micro-batches, each normalised by the step's target
     token count over every micro-batch and process (one all-reduce), so accumulation and several processes give
-    the token mean of the whole step (docs/method.md, "Normalisation across micro-batches and processes").
+    the token mean of the whole step (docs/method.md#normalisation-across-micro-batches-and-processes).
     Returns the step's loss on this process."""
     local = sum(float(t.weights.sum()) for t in targets)
     (total,) = sum_over_processes([local], run.accelerator.device)
