@@ -8,6 +8,7 @@ import copy
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig
 
+from framethink.cli import main
 from framethink.config import ModelConfig, load_config
 from framethink.data.video import sample_frames
 from framethink.engine import apply_lora
@@ -32,6 +34,7 @@ pytest_plugins = ["fixtures_training"]
 TEMPLATE = "video-r1"
 SMALL = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_intermediate_size=128)
 ARCHS = {"qwen3-vl": SMALL, "qwen3.5": {**SMALL, "full_attention_interval": 2}}
+QWEN3_TYPES = {"qwen3-vl": "qwen3_vl", "qwen3.5": "qwen3_5"}
 TRAIN = ("optim.lr=0.001", "optim.weight_decay=0.0", "optim.prompts_per_step=2", "run.save_every=0",
          "run.sample_every=0", "run.report_to=[none]", "data.frame_rule=qwen3", "data.max_frames=16")
 
@@ -193,3 +196,35 @@ def test_sft_then_tgrpo_then_evaluation(checkpoints, tmp_path, arch):
                                frame_order=order, decoding=decoding)
         lines = read_predictions(run_eval(adapter, [bench], tmp_path / order, settings, batch_size=2)).lines
         assert sorted(p["id"] for p in lines) == sorted(r.id for r in bench.records)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_demo_runs_end_to_end(tmp_path, arch):
+    out = tmp_path / "demo"
+    code = main(["demo", "--arch", arch, "--out", str(out), "data.train_per_task=2", "data.test_per_task=1",
+                 "sft.run.max_steps=1", "rl.run.max_steps=1", "sft.optim.prompts_per_step=2",
+                 "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2", "rl.rl.num_shuffled=2",
+                 "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
+                 "rl.run.report_to=[none]", "rl.run.sample_every=0"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"untrained", "sft", "rl"}
+    assert json.loads((out / "model-init/config.json").read_text())["model_type"] == QWEN3_TYPES[arch]
+    trained = json.loads((out / "rl/final/framethink.json").read_text())
+    assert trained["frames"]["rule"] == "qwen3" and trained["frames"]["max_frames"] == 8
+
+
+@pytest.mark.parametrize("name, model", [("qwen3-vl-video-r1.yaml", "runs/qwen3-vl-sft/final"),
+                                         ("qwen3.5-video-r1.yaml", "runs/qwen3.5-sft/final")])
+def test_recipes_are_video_r1_with_the_familys_visual_settings(name, model):
+    recipes = Path(__file__).parents[1] / "recipes"
+    assert (recipes / name).resolve() == (recipes.resolve() / name)  # recipes/ is the package's recipe folder
+    video_r1, recipe = load_config(recipes / "video-r1.yaml"), load_config(recipes / name)
+    assert (recipe.rl, recipe.optim, recipe.eval, recipe.sft) == (video_r1.rl, video_r1.optim, video_r1.eval,
+                                                                   video_r1.sft)
+    visual = {"frame_rule": "qwen3", "video_max_pixels": 16 * 128 * 32 * 32, "image_max_pixels": 256 * 32 * 32,
+              "image_min_pixels": 4 * 32 * 32}
+    assert {key: getattr(recipe.data, key) for key in visual} == visual
+    assert replace(recipe.data, **{key: getattr(video_r1.data, key) for key in visual}) == video_r1.data
+    assert replace(recipe.model, path=video_r1.model.path) == video_r1.model and recipe.model.path == model
+    assert replace(recipe.run, out=video_r1.run.out) == video_r1.run

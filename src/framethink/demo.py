@@ -22,7 +22,8 @@ from framethink.config import TrainConfig, apply_override, from_dict, save_confi
 from framethink.errors import ConfigError
 
 RECIPES = Path(__file__).parent / "recipes"
-ARCH_RECIPES = {"tinyllava-video": "demo-tinyllava.yaml"}  # the default recipe of each other architecture
+# the default recipe of each other architecture
+ARCH_RECIPES = {"tinyllava-video": "demo-tinyllava.yaml", "qwen3-vl": "demo-qwen3.yaml", "qwen3.5": "demo-qwen3.yaml"}
 STAGES = ("untrained", "sft", "rl")
 ORDERS = ("ordered", "shuffled", "reversed")
 
