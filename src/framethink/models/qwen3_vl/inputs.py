@@ -35,8 +35,11 @@ from framethink.models.qwen_vl.inputs import (
     MAX_RATIO,
     VIDEO_TOKEN,
     QwenVisionProcessor,
-    _as_frames,
-    read_json_object,
+    as_frames,
+    check_placeholders,
+    find_processor_config,
+    parse_pixel_config,
+    tokenize_with_types,
 )
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
@@ -45,7 +48,6 @@ VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 VIDEO_WRAPPER = VISION_START + VIDEO_TOKEN + VISION_END  # what the chat template writes for one video
 PROCESSOR_CLASS = "Qwen3VLProcessor"
-_BICUBIC = 3  # PIL's BICUBIC, the only resample Qwen-VL uses
 
 
 def temporal_patch_times(frame_times: np.ndarray | list[float], temporal_patch_size: int = 2) -> list[float]:
@@ -210,10 +212,12 @@ class Qwen3VisionProcessor:
         path = Path(path)
         if not path.is_dir():
             raise ConfigError(f"{path}: checkpoint directory does not exist")
-        image_cfg, image_file = _sub_config(path, "image_processor", "preprocessor_config.json")
-        video_cfg, video_file = _sub_config(path, "video_processor", "video_preprocessor_config.json")
-        image = _pixel_settings(image_cfg, image_file, cls.image_min_pixels, cls.image_max_pixels)
-        video = _pixel_settings(video_cfg, video_file, cls.video_min_pixels, cls.video_max_pixels)
+        image_cfg, image_file = find_processor_config(path, "image_processor", ("preprocessor_config.json",))
+        video_cfg, video_file = find_processor_config(path, "video_processor", ("video_preprocessor_config.json",))
+        image = parse_pixel_config(image_cfg, image_file, default_min=cls.image_min_pixels,
+                                   default_max=cls.image_max_pixels, defaults=cls)
+        video = parse_pixel_config(video_cfg, video_file, default_min=cls.video_min_pixels,
+                                   default_max=cls.video_max_pixels, defaults=cls, per_frame_cap=True)
         for key in _SHARED:
             if image[key] != video[key]:
                 raise ConfigError(f"{video_file}: '{key}' = {video[key]} differs from {image[key]} in {image_file}")
@@ -281,7 +285,7 @@ class Qwen3VisionProcessor:
         transformers' video processor refuses one frame ("t:1 must be larger than temporal_factor:2"), while the
         padded clip is exactly what it makes of any odd count, so a one-frame video is a single temporal patch.
         """
-        frames = _as_frames(clip.frames, "video")  # [T, 3, H, W] uint8
+        frames = as_frames(clip.frames, "video")  # [T, 3, H, W] uint8
         times = np.asarray(clip.timestamps, dtype=np.float64)
         if times.shape != (len(frames),):
             raise ValueError(f"video: {len(frames)} frames but timestamps of shape {tuple(times.shape)}")
@@ -299,41 +303,6 @@ class Qwen3VisionProcessor:
 
 
 _SHARED = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor")
-
-
-def _sub_config(path: Path, nested_key: str, name: str) -> tuple[dict, Path]:
-    """A sub-processor's settings: `processor_config.json[nested_key]` (transformers 5 may nest them) or `name`."""
-    nested = path / "processor_config.json"
-    if nested.is_file() and nested_key in (cfg := read_json_object(nested)):
-        return cfg[nested_key], nested
-    if (file := path / name).is_file():
-        return read_json_object(file), file
-    raise ConfigError(f"{path}: no {name} (nor processor_config.json with '{nested_key}')")
-
-
-def _pixel_settings(cfg: dict, file: Path, default_min: int, default_max: int) -> dict:
-    """Patching, normalisation and pixel bounds of one processor config, as its `__init__` resolves them."""
-    for flag in ("do_resize", "do_rescale", "do_normalize"):
-        if cfg.get(flag, True) is not True:
-            raise ConfigError(f"{file}: '{flag}': {cfg[flag]} is not supported (Qwen3-VL always applies it)")
-    if cfg.get("resample", _BICUBIC) != _BICUBIC:
-        raise ConfigError(f"{file}: 'resample': {cfg['resample']} is not supported (Qwen3-VL resizes bicubic, 3)")
-    size = dict(cfg.get("size") or {"shortest_edge": default_min, "longest_edge": default_max})
-    min_pixels = cfg.get("min_pixels", size.get("shortest_edge"))
-    max_pixels = cfg.get("max_pixels", size.get("longest_edge"))
-    if min_pixels is None or max_pixels is None:
-        raise ConfigError(f"{file}: 'size' needs 'shortest_edge' and 'longest_edge' (or set min_pixels/max_pixels)")
-    defaults = Qwen3VisionProcessor
-    return {
-        "patch_size": cfg.get("patch_size", defaults.patch_size),
-        "temporal_patch_size": cfg.get("temporal_patch_size", defaults.temporal_patch_size),
-        "merge_size": cfg.get("merge_size", defaults.merge_size),
-        "image_mean": tuple(cfg.get("image_mean", IMAGENET_STANDARD_MEAN)),
-        "image_std": tuple(cfg.get("image_std", IMAGENET_STANDARD_STD)),
-        "rescale_factor": cfg.get("rescale_factor", defaults.rescale_factor),
-        "min_pixels": min_pixels,
-        "max_pixels": max_pixels,
-    }
 
 
 def video_prompt_text(patch_times: list[float], tokens_per_patch: int) -> str:
@@ -364,12 +333,7 @@ def build_qwen3_inputs(
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, **(chat_template_kwargs or {})
     )
-    n_image_slots, n_video_slots = text.count(IMAGE_TOKEN), text.count(VIDEO_TOKEN)
-    if n_image_slots != len(images) or n_video_slots != len(videos):
-        raise ValueError(
-            f"the chat has {n_image_slots} image and {n_video_slots} video placeholders "
-            f"but {len(images)} images and {len(videos)} videos were given"
-        )
+    check_placeholders(text, len(images), len(videos))
     out: dict[str, torch.Tensor] = {}
     merge = processor.merge_size**2
     replacements: dict[str, list[str]] = {IMAGE_TOKEN: [], VIDEO_TOKEN: []}
@@ -390,11 +354,4 @@ def build_qwen3_inputs(
     pattern = f"{re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)}"
     text = re.sub(pattern, lambda match: next(pending[match.group()]), text)
 
-    encoding = tokenizer(text, return_tensors="pt")
-    input_ids = encoding["input_ids"]  # [1, L]
-    image_id, video_id = tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN])
-    mm_token_type_ids = torch.zeros_like(input_ids)
-    mm_token_type_ids[input_ids == image_id] = 1
-    mm_token_type_ids[input_ids == video_id] = 2
-    return {"input_ids": input_ids, "attention_mask": encoding["attention_mask"],
-            "mm_token_type_ids": mm_token_type_ids, **out}
+    return {**tokenize_with_types(tokenizer, text), **out}

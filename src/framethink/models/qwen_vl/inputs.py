@@ -83,12 +83,12 @@ class QwenVisionProcessor:
         path = Path(path)
         if not path.is_dir():
             raise ConfigError(f"{path}: checkpoint directory does not exist")
-        image_cfg, image_file = _find_config(path, "image_processor", ("preprocessor_config.json",))
-        video_cfg, video_file = _find_config(
+        image_cfg, image_file = find_processor_config(path, "image_processor", ("preprocessor_config.json",))
+        video_cfg, video_file = find_processor_config(
             path, "video_processor", ("video_preprocessor_config.json", "preprocessor_config.json")
         )
-        image = _parse_config(image_cfg, image_file, default_min=cls.image_min_pixels, default_max=cls.image_max_pixels)
-        video = _parse_config(video_cfg, video_file, default_min=cls.video_min_pixels, default_max=cls.video_max_pixels)
+        image = parse_pixel_config(image_cfg, image_file, default_min=cls.image_min_pixels, default_max=cls.image_max_pixels)
+        video = parse_pixel_config(video_cfg, video_file, default_min=cls.video_min_pixels, default_max=cls.video_max_pixels)
         shared = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor")
         for key in shared:
             if image[key] != video[key]:
@@ -133,7 +133,7 @@ class QwenVisionProcessor:
             if not (isinstance(image, np.ndarray) and image.ndim == 3):
                 shape = getattr(image, "shape", type(image).__name__)
                 raise ValueError(f"images[{i}]: expected a uint8 RGB array [H, W, 3], got {shape}")
-            frames = _as_frames(image[None], f"images[{i}]")  # [1, 3, H, W]
+            frames = as_frames(image[None], f"images[{i}]")  # [1, 3, H, W]
             pixels, grid = self._encode(frames, self.image_min_pixels, self.image_max_pixels)
             rows.append(pixels)
             grids.append(grid)
@@ -147,7 +147,7 @@ class QwenVisionProcessor:
         temporal M-RoPE uses `second_per_grid_ts = temporal_patch_size / fps` (docs/models.md)."""
         if not fps > 0:
             raise ValueError(f"video fps must be positive, got {fps}")
-        pixels, grid = self._encode(_as_frames(frames, "video"), self.video_min_pixels, self.video_max_pixels)
+        pixels, grid = self._encode(as_frames(frames, "video"), self.video_min_pixels, self.video_max_pixels)
         return pixels, torch.tensor([grid], dtype=torch.long), self.temporal_patch_size / fps
 
     def _encode(self, frames: torch.Tensor, min_pixels: int, max_pixels: int) -> tuple[torch.Tensor, list[int]]:
@@ -197,12 +197,7 @@ def build_qwen_inputs(
     (second_per_grid_ts only when `processor.absolute_time`, i.e. for Qwen2.5-VL).
     """
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    n_image_slots, n_video_slots = text.count(IMAGE_TOKEN), text.count(VIDEO_TOKEN)
-    if n_image_slots != len(images) or n_video_slots != len(videos):
-        raise ValueError(
-            f"the chat has {n_image_slots} image and {n_video_slots} video placeholders "
-            f"but {len(images)} images and {len(videos)} videos were given"
-        )
+    check_placeholders(text, len(images), len(videos))
     out: dict[str, torch.Tensor] = {}
     merge = processor.merge_size**2
     image_tokens: list[int] = []
@@ -223,21 +218,32 @@ def build_qwen_inputs(
     pattern = f"{re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)}"
     text = re.sub(pattern, lambda match: match.group() * next(counts[match.group()]), text)
 
+    return {**tokenize_with_types(tokenizer, text), **out}
+
+
+def check_placeholders(text: str, n_images: int, n_videos: int) -> None:
+    """ValueError unless a rendered chat has one image / video placeholder per given image / video."""
+    n_image_slots, n_video_slots = text.count(IMAGE_TOKEN), text.count(VIDEO_TOKEN)
+    if n_image_slots != n_images or n_video_slots != n_videos:
+        raise ValueError(
+            f"the chat has {n_image_slots} image and {n_video_slots} video placeholders "
+            f"but {n_images} images and {n_videos} videos were given"
+        )
+
+
+def tokenize_with_types(tokenizer: PreTrainedTokenizerBase, text: str) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and mm_token_type_ids [1, L] (0 text, 1 image, 2 video: without it transformers v5
+    silently falls back to 1-D positions) of an expanded prompt."""
     encoding = tokenizer(text, return_tensors="pt")
     input_ids = encoding["input_ids"]  # [1, L]
     image_id, video_id = tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN])
     mm_token_type_ids = torch.zeros_like(input_ids)
     mm_token_type_ids[input_ids == image_id] = 1
     mm_token_type_ids[input_ids == video_id] = 2
-    return {
-        "input_ids": input_ids,
-        "attention_mask": encoding["attention_mask"],
-        "mm_token_type_ids": mm_token_type_ids,  # [1, L]
-        **out,
-    }
+    return {"input_ids": input_ids, "attention_mask": encoding["attention_mask"], "mm_token_type_ids": mm_token_type_ids}
 
 
-def _as_frames(array: np.ndarray, what: str) -> torch.Tensor:
+def as_frames(array: np.ndarray, what: str) -> torch.Tensor:
     """[T, H, W, 3] uint8 numpy -> [T, 3, H, W] uint8 torch, with a clear error for anything else."""
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         shape = getattr(array, "shape", None)
@@ -248,7 +254,7 @@ def _as_frames(array: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
 
 
-def _find_config(path: Path, nested_key: str, names: tuple[str, ...]) -> tuple[dict, Path]:
+def find_processor_config(path: Path, nested_key: str, names: tuple[str, ...]) -> tuple[dict, Path]:
     """The first of transformers' sources for a sub-processor's settings that exists in `path`."""
     nested = path / "processor_config.json"  # transformers >= 5 may save sub-processors nested here
     if nested.is_file() and nested_key in (cfg := read_json_object(nested)):
@@ -270,15 +276,19 @@ def read_json_object(file: Path) -> dict:
     return cfg
 
 
-def _parse_config(cfg: dict, file: Path, *, default_min: int, default_max: int) -> dict:
-    """Settings of one Qwen2-VL image/video processor config, resolved as its `__init__` does:
-    `min_pixels`/`max_pixels` override `size`'s shortest/longest edge; missing keys take class defaults."""
+def parse_pixel_config(cfg: dict, file: Path, *, default_min: int, default_max: int, defaults: Any = None,
+                       per_frame_cap: bool = False) -> dict:
+    """Settings of one Qwen-VL image/video processor config, resolved as its `__init__` does:
+    `min_pixels`/`max_pixels` override `size`'s shortest/longest edge; missing keys take the class defaults of
+    `defaults` (a processor class; default `QwenVisionProcessor`). `cap_pixels_per_frame` is refused unless the
+    caller reads it (`per_frame_cap`, Qwen3-VL's video processor)."""
+    defaults = defaults or QwenVisionProcessor
     for flag in ("do_resize", "do_rescale", "do_normalize"):
         if cfg.get(flag, True) is not True:
             raise ConfigError(f"{file}: '{flag}': {cfg[flag]} is not supported (Qwen-VL always applies it)")
     if cfg.get("resample", _BICUBIC) != _BICUBIC:
         raise ConfigError(f"{file}: 'resample': {cfg['resample']} is not supported (Qwen-VL resizes bicubic, 3)")
-    if cfg.get("cap_pixels_per_frame"):
+    if cfg.get("cap_pixels_per_frame") and not per_frame_cap:
         raise ConfigError(f"{file}: 'cap_pixels_per_frame' is not supported; bound frames with max_pixels")
     size = dict(cfg.get("size") or {"shortest_edge": default_min, "longest_edge": default_max})
     min_pixels = cfg.get("min_pixels", size.get("shortest_edge"))
@@ -286,12 +296,12 @@ def _parse_config(cfg: dict, file: Path, *, default_min: int, default_max: int) 
     if min_pixels is None or max_pixels is None:
         raise ConfigError(f"{file}: 'size' needs 'shortest_edge' and 'longest_edge' (or set min_pixels/max_pixels)")
     return {
-        "patch_size": cfg.get("patch_size", QwenVisionProcessor.patch_size),
-        "temporal_patch_size": cfg.get("temporal_patch_size", QwenVisionProcessor.temporal_patch_size),
-        "merge_size": cfg.get("merge_size", QwenVisionProcessor.merge_size),
-        "image_mean": tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
-        "image_std": tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
-        "rescale_factor": cfg.get("rescale_factor", QwenVisionProcessor.rescale_factor),
+        "patch_size": cfg.get("patch_size", defaults.patch_size),
+        "temporal_patch_size": cfg.get("temporal_patch_size", defaults.temporal_patch_size),
+        "merge_size": cfg.get("merge_size", defaults.merge_size),
+        "image_mean": tuple(cfg.get("image_mean", defaults.image_mean)),
+        "image_std": tuple(cfg.get("image_std", defaults.image_std)),
+        "rescale_factor": cfg.get("rescale_factor", defaults.rescale_factor),
         "min_pixels": min_pixels,
         "max_pixels": max_pixels,
     }
