@@ -3,11 +3,12 @@ GSPO, GSPO-token, the KL guards and the step-level normalisation."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from framethink.config import RLConfig
+from framethink.config import RLConfig, load_config
 from framethink.errors import ConfigError
 from framethink.rl.loss import (
     POLICY_LOSSES,
@@ -249,3 +250,11 @@ def test_micro_batches_and_processes_sum_to_the_whole_step(normalization):
     two = StepTotals(tokens=totals.tokens, rows=totals.rows, processes=2)
     per_process = [aggregate(values[rows], mask[rows], normalization, two, 6) for rows in (slice(0, 2), slice(2, 4))]
     torch.testing.assert_close(sum(per_process) / 2, whole)
+
+
+def test_recipes_use_their_codes_kl_guard():
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    video_r1 = loss_settings(load_config(recipes / "video-r1.yaml").rl)
+    assert (video_r1.kl_log_ratio_clamp, video_r1.kl_clamp, video_r1.beta) == (10.0, None, 0.04)
+    tinyllava = loss_settings(load_config(recipes / "tinyllava-video-r1.yaml").rl)
+    assert (tinyllava.kl_log_ratio_clamp, tinyllava.kl_clamp, tinyllava.beta) == (None, 100.0, 0.01)

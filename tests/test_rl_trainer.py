@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +103,8 @@ def test_zero_advantages_give_an_exactly_zero_gradient(recipe, synth_records):
     grads: list[list[torch.Tensor | None]] = []
     run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.append([p.grad for p in params]))
     rollout = _rollout(config, run, synth_records)
+    with pytest.raises(FrozenInstanceError):  # built once, complete: never changed afterwards
+        rollout.advantages = torch.zeros_like(rollout.advantages)
     for advantages in (torch.zeros_like(rollout.advantages), torch.linspace(-1, 1, len(rollout.advantages))):
         policy_update(run, replace(rollout, advantages=advantages))
     zero, control = grads

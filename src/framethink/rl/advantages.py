@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from framethink.errors import ConfigError
+from framethink.rl.registry import Registry
 
 
 AdvantageFn = Callable[..., Tensor]
-ADVANTAGES: dict[str, AdvantageFn] = {}
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+get_advantage = ADVANTAGES.lookup
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
@@ -25,12 +26,6 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
         return fn
 
     return register
-
-
-def get_advantage(name: str) -> AdvantageFn:
-    if name not in ADVANTAGES:
-        raise ConfigError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGES)}")
-    return ADVANTAGES[name]
 
 
 def _check_groups(rewards: Tensor) -> None:

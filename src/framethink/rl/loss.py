@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from framethink.errors import ConfigError
+from framethink.rl.registry import Registry
 
 if TYPE_CHECKING:  # the config validates loss names through this module
     from framethink.config import RLConfig
@@ -94,7 +95,8 @@ class PolicyLoss:
     kl: bool
 
 
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+get_policy_loss = POLICY_LOSSES.lookup
 
 
 def register_policy_loss(name: str, *, clip: tuple[float, float], normalization: str,
@@ -104,12 +106,6 @@ def register_policy_loss(name: str, *, clip: tuple[float, float], normalization:
         return fn
 
     return register
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    if name not in POLICY_LOSSES:
-        raise ConfigError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
 
 
 def loss_settings(rl: RLConfig) -> LossSettings:
