@@ -198,7 +198,8 @@ def test_shared_lmms_eval_functions_match_the_package():
             assert extract_mcq_answer(stripped, choices) == mcq.extract_mcq_answer(stripped, choices), output
 
 
-def test_task_rules_match_the_package():
+def test_task_rules_match_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # the task modules read it when imported
     mvbench_utils = pytest.importorskip("lmms_eval.tasks.mvbench.utils")
     vsibench_utils = pytest.importorskip("lmms_eval.tasks.vsibench.utils")
     videommmu_utils = pytest.importorskip("lmms_eval.tasks.videommmu.utils")
@@ -214,3 +215,24 @@ def test_task_rules_match_the_package():
             pred, gold, 0.5, 0.95, 0.05)
     for gold, preds in (("Depth-First Search", ["breadth-first search"]), ("42", [42.0]), ("a", ["a cat"])):
         assert videommmu.eval_open(gold, preds) == videommmu_utils.eval_open(gold, preds)
+
+
+def test_multiple_choice_task_rules_match_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    mlvu_utils = pytest.importorskip("lmms_eval.tasks.mlvu.utils")
+    mmvu_utils = pytest.importorskip("lmms_eval.tasks.mmvu.utils")
+    tempcompass_utils = pytest.importorskip("lmms_eval.tasks.tempcompass.utils")
+    from framethink.eval.benchmarks import mmvu
+
+    outputs = [strip_reasoning_tags(o) for o, *_ in MC_CASES] + ["dog", "B is a dog", "E. none", "A) cat", "B"]
+    choices = {"A": "cat", "B": "dog", "C": "cow", "D": "pig"}
+    for output in outputs:
+        ours = PROTOCOLS["lmms-eval"].score(_line(output, bench="mlvu"))
+        theirs = mlvu_utils.mlvu_process_results({"question": "q", "task_type": "count", "answer": "B"}, [output])
+        assert ours.answer == theirs["mlvu_percetion_score"]["pred_answer"], output
+        doc = {"answer": "B", "question_type": "multiple-choice", "choices": choices}
+        assert mmvu.evaluate_with_rule_based(choices, "B", output) == mmvu_utils.evaluate_with_rule_based(doc, output)
+        doc = {"answer": "B. dog", "video_id": "1", "question": "q", "dim": "speed"}
+        if tempcompass.matching_rules(output, "B. dog") is not None:  # the package asks GPT otherwise
+            result = tempcompass_utils.tempcompass_process_results_multi_choice(doc, [output])
+            assert tempcompass.matching_rules(output, "B. dog") == result["avg_accuracy"]["rating"], output
