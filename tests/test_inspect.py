@@ -13,14 +13,14 @@ from framethink.inspect import inspect_inputs
 from framethink.models.registry import build_tiny, load_adapter
 from helpers_video import decoded_indices, index_frames, write_video
 
-ARCHS = ("qwen2.5-vl", "tinyllava-video")
+ARCHS = ("qwen2.5-vl", "tinyllava-video", "qwen3-vl", "qwen3.5")
 SMALL_QWEN = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_hidden_size=32,
                   vision_num_heads=2, vision_intermediate_size=128)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny(request, tmp_path_factory):
-    sizes = SMALL_QWEN if request.param != "tinyllava-video" else {}
+    sizes = SMALL_QWEN if request.param in ("qwen2.5-vl", "qwen2-vl") else {}
     return build_tiny(request.param, tmp_path_factory.mktemp(request.param.replace(".", "")), **sizes)
 
 
@@ -102,9 +102,8 @@ def test_fps_sets_the_sampling_rate(tiny, media):
 def test_token_feature_mismatch_is_reported(tiny, media, monkeypatch, tmp_path):
     if "tinyllava" in str(tiny):
         pytest.skip("the mismatch concerns expanded vision tokens")
-    from framethink.models.qwen_vl.adapter import QwenVLAdapter
-
-    encode = QwenVLAdapter.encode
+    adapter_class = type(load_adapter(tiny))
+    encode = adapter_class.encode
 
     def one_token_short(self, record, **kwargs):  # what a prompt expanded with other pixel bounds looks like
         prompt = encode(self, record, **kwargs)
@@ -114,9 +113,18 @@ def test_token_feature_mismatch_is_reported(tiny, media, monkeypatch, tmp_path):
             prompt.inputs[key] = prompt.inputs[key][:, keep]
         return prompt
 
-    monkeypatch.setattr(QwenVLAdapter, "encode", one_token_short)
+    monkeypatch.setattr(adapter_class, "encode", one_token_short)
     out = tmp_path / "bad.safetensors"
     assert main(["inspect", "--model", str(tiny), "--video", str(media[0]), "--out", str(out)]) == 1
     inspection = inspect_inputs(tiny, video=media[0])
     assert inspection.vision_tokens == inspection.vision_features - 1 and "MISMATCH" in inspection.report
     assert out.is_file()
+
+
+def test_qwen3_report_shows_each_timestamped_block(tiny, media):
+    if "qwen3" not in str(tiny):
+        pytest.skip("the timestamp text is Qwen3's")
+    inspection = inspect_inputs(tiny, video=media[0], frames=8)  # frames 0, 6, 12, 17, 23, 29 at 10 fps
+    report = inspection.report
+    assert "<0.3 seconds><|vision_start|>[video block 1/3: frames [0, 6] (at 0.00, 0.60 s)" in report
+    assert "<2.6 seconds><|vision_start|>[video block 3/3: frames [23, 29] (at 2.30, 2.90 s)" in report
