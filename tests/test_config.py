@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import framethink
-import framethink.engine as engine
+import framethink.engine.parameters as engine
 import framethink.rl.trainer as rl_trainer
 import framethink.sft.trainer as sft_trainer
 from framethink.config import RewardSpec, load_config, save_config, to_dict

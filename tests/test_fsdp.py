@@ -106,6 +106,7 @@ def test_fsdp_refuses_mixed_records_up_front(recipe, synth_records, mixed_record
     config = recipe()
     check_engine_settings(config, mixed_records, _cpu_processes())  # data parallelism runs mixed data
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
     check_engine_settings(recipe("optim.grad_accum=2"), synth_records, _cpu_processes())  # all video: fine
     with pytest.raises(ConfigError, match=r"FSDP needs records of one kind.*image \(e\.g\. .*\), text \(e\.g\. .*\), video"):
         check_engine_settings(config, mixed_records, _cpu_processes())

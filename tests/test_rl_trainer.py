@@ -18,7 +18,7 @@ import framethink.engine as engine
 import framethink.rl.step as step_module
 import framethink.rl.trainer as trainer
 from framethink.config import load_config
-from framethink.errors import ConfigError
+from framethink.errors import CheckpointWriteError, ConfigError
 from framethink.engine import (
     build_optimizer, build_scheduler, latest_checkpoint, make_accelerator, micro_batches, save_checkpoint, start_run,
 )
@@ -144,7 +144,7 @@ def test_gradient_accumulation_matches_one_batch(recipe, synth_records, normaliz
 
 def test_beta_zero_loads_no_reference_model(recipe, monkeypatch):
     copies = []
-    monkeypatch.setattr(engine, "copy", SimpleNamespace(deepcopy=lambda obj: copies.append(obj) or obj))
+    monkeypatch.setattr(engine.strategies, "copy", SimpleNamespace(deepcopy=lambda obj: copies.append(obj) or obj))
     losses = _loss_calls(monkeypatch)
     models = set()
     forward = qwen25.Qwen2_5_VLTextModel.forward
@@ -210,7 +210,7 @@ def test_truncated_completions_can_be_masked_out_of_the_loss(recipe, synth_recor
 
 def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen25_vl_dir, monkeypatch):
     trained, frozen = [], []
-    original = engine.trainable_parameters
+    original = engine.parameters.trainable_parameters
 
     def record(adapter, config):
         params, lora = original(adapter, config)
@@ -219,7 +219,7 @@ def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen2
             (trained if id(p) in ids else frozen).append((name, p.requires_grad))
         return params, lora
 
-    monkeypatch.setattr(engine, "trainable_parameters", record)
+    monkeypatch.setattr(engine.parameters, "trainable_parameters", record)
     final = train_rl(recipe("model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"), quiet=True)
 
     assert trained and all("lora_" in name and grad for name, grad in trained)
@@ -234,13 +234,12 @@ def test_lora_trains_only_adapters_and_exports_a_merged_model(recipe, tiny_qwen2
 
 def test_checkpoints_are_atomic(recipe, tmp_path, monkeypatch):
     config = recipe()
-    accelerator = make_accelerator(config)
     model = torch.nn.Linear(2, 2)
     params = list(model.parameters())
     optimizer = build_optimizer(params, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, 2)
     out = tmp_path / "run"
-    args = (model, params, optimizer, scheduler, torch.Generator(), accelerator, {})
+    args = (model, params, optimizer, scheduler, torch.Generator(), {})
     assert latest_checkpoint(out) is None
     save_checkpoint(out, 1, *args)
     real_save = torch.save
@@ -251,9 +250,9 @@ def test_checkpoints_are_atomic(recipe, tmp_path, monkeypatch):
         return real_save(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="disk full"):
         save_checkpoint(out, 2, *args)
-    assert (out / "checkpoints" / ".tmp-000002").is_dir()  # the interrupted write stays a temporary
+    assert not (out / "checkpoints" / ".tmp-000002").exists()  # the failed write is removed, never renamed
     assert latest_checkpoint(out) == out / "checkpoints" / "step-000001"
     monkeypatch.setattr(torch, "save", real_save)
     save_checkpoint(out, 2, *args)

@@ -115,7 +115,8 @@ def _eval_score(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from framethink.config import load_config
 
-    config = load_config(args.config, args.overrides)  # every key checked before any model loads
+    overrides = [*args.overrides, *(["run.check_data=false"] if args.skip_data_check else [])]
+    config = load_config(args.config, overrides)  # every key checked before any model loads
     if args.train_command == "rl":
         from framethink.rl.trainer import train_rl as train
     else:
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = train.add_parser(name, help=text)
         cmd.add_argument("--config", type=Path, required=True, help="recipe YAML (see recipes/)")
         cmd.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+        cmd.add_argument("--skip-data-check", action="store_true",
+                         help="do not check that every record's media opens before the model loads")
         cmd.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0 optim.lr=1e-6")
         cmd.set_defaults(func=_train)
 

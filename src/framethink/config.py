@@ -154,6 +154,10 @@ class RunConfig:
     sample_every: int = 10
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    keep_checkpoints: int = 0  # keep the newest N checkpoints; 0 keeps all
+    max_nonfinite_steps: int = 3  # consecutive skipped (non-finite) updates that stop the run; 0 never stops
+    shared_filesystem: bool = True  # false: each node writes its own checkpoints and export (docs/multi-gpu.md)
+    check_data: bool = True  # every record's media opens, checked before the model loads (--skip-data-check)
 
 
 @dataclass
@@ -286,6 +290,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"optim.schedule_steps: must be >= 1, got {optim.schedule_steps}")
     if optim.schedule_epochs is not None and optim.schedule_epochs <= 0:
         raise ConfigError(f"optim.schedule_epochs: must be > 0, got {optim.schedule_epochs}")
+    for name in ("keep_checkpoints", "max_nonfinite_steps"):
+        if getattr(config.run, name) < 0:
+            raise ConfigError(f"run.{name}: must be >= 0, got {getattr(config.run, name)}")
     for backend in config.run.report_to:
         if backend not in REPORT_BACKENDS:
             raise ConfigError(f"run.report_to: {backend!r} is not one of {', '.join(REPORT_BACKENDS)}")

@@ -26,3 +26,20 @@ class VideoDecodeError(FramethinkError):
 
 class ConfigError(FramethinkError):
     """An unknown key, a wrong type or a bad value in a recipe or an override."""
+
+
+class CheckpointWriteError(FramethinkError):
+    """A checkpoint that could not be written: names its path, the reason and the bytes it needs. The previous
+    checkpoint is intact and is the one `--resume` starts from."""
+
+    def __init__(self, path: str | Path, reason: str, needed: int, free: int, previous: str | Path | None) -> None:
+        self.path, self.reason, self.needed, self.free = str(path), reason, needed, free
+        kept = f"the previous checkpoint {previous} is intact and --resume starts from it" if previous else \
+            "no earlier checkpoint exists"
+        super().__init__(f"cannot write checkpoint {path}: {reason}; it needs about {needed:,} bytes and "
+                         f"{free:,} bytes are free there; {kept}")
+
+
+class TrainingStopped(FramethinkError):
+    """A run that stopped before its last step on purpose (a signal, repeated non-finite updates, a record that
+    failed): says why, where the checkpoint is and how to resume."""

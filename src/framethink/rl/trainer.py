@@ -9,7 +9,7 @@ from pathlib import Path
 
 from framethink.config import TrainConfig, validate
 from framethink.data.records import load_records
-from framethink.engine import check_engine_settings, make_accelerator, process_rank, seed_everything, start_run
+from framethink.engine import check_before_loading, make_accelerator, process_rank, seed_everything, start_run
 from framethink.rl.loss import get_policy_loss
 from framethink.rl.step import RLRun, rl_step
 
@@ -25,13 +25,14 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
     accelerator = make_accelerator(config)
     seed_everything(config.run.seed + process_rank())
     records = load_records(config.data.train_file, root=config.data.root)  # a bad record stops here, before any model
-    check_engine_settings(config, records, accelerator)
+    check_before_loading(config, records, accelerator)  # media and backend, before any model loads
     engine = start_run(config, accelerator, resume=resume, reference=needs_reference(config), num_records=len(records))
     run = RLRun(engine, records)
 
     for step in (bar := engine.steps("rl", quiet)):
         batch = [records[i] for i in engine.batch_indices(step, len(records))]
-        result = rl_step(run, batch, step)
+        with engine.guard(step, batch, records):  # a record failing to load stops the run with a checkpoint
+            result = rl_step(run, batch, step)
         metrics = engine.end_step(step, result.metrics)
         if config.run.sample_every and (step + 1) % config.run.sample_every == 0:
             rollout, g = result.rollout, config.rl.num_generations

@@ -23,7 +23,7 @@ from framethink.config import TrainConfig, validate
 from framethink.data.prompts import sft_target
 from framethink.data.records import Record, load_records
 from framethink.engine import (
-    check_engine_settings,
+    check_before_loading,
     make_accelerator,
     micro_batches,
     process_rank,
@@ -121,7 +121,7 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     accelerator = make_accelerator(config)
     seed_everything(config.run.seed + process_rank())
     records = load_records(config.sft.train_file, root=config.data.root)
-    check_engine_settings(config, records, accelerator)
+    check_before_loading(config, records, accelerator)  # media and backend, before any model loads
     missing = [r for r in records if r.cot is None]
     if missing:
         raise _record_error(missing[0], "process", f"an SFT record needs a <think> process ({len(missing)} records "
@@ -134,8 +134,9 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
         t0 = time.perf_counter()
         batch = [records[i] for i in run.batch_indices(step, len(records))]
         rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
-        prompts = [adapter.encode(r, template=config.data.template) for r in batch]
-        targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
+        with run.guard(step, batch):  # a record failing to load stops the run with a checkpoint
+            prompts = [adapter.encode(r, template=config.data.template) for r in batch]
+            targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
         total = sft_update(run, prompts, targets)
         grad_norm = run.optimizer_step()
         run.scheduler.step()
