@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -174,3 +176,41 @@ def test_oversized_and_malformed_bodies_are_refused(server):
 def test_serve_binds_this_machine_only_by_default():
     args = build_parser().parse_args(["serve", "--model", "m"])
     assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 64.0)
+
+
+def test_serves_as_the_teacher_of_data_cot(server, tmp_path, capsys):
+    """`framethink data cot --endpoint` (frames as image parts after their times, n samples per request) against
+    this server: every record answered, none lost."""
+    data = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(data), "--train", "2", "--test", "0", "--frames", "4",
+                 "--size", "28", "--tasks", "color_first"]) == 0
+    out = tmp_path / "cot.json"
+    code = main(["data", "cot", "--endpoint", server + "/v1", "--served-model", NAME, "--in", str(data / "train.json"),
+                 "--out", str(out), "--samples", "2", "max_new_tokens=8"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "2 records:" in printed.out  # the random tiny model's outputs are all dropped, but each was answered
+
+
+def leftovers() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob("framethink-request-*"))
+
+
+def test_request_media_are_removed_after_the_reply(server):
+    for stream in (False, True):
+        assert post(server, chat(frames_content(), stream=stream))[0] == 200
+    deadline = time.monotonic() + 10
+    while leftovers() and time.monotonic() < deadline:  # a stream's folder goes right after its last event
+        time.sleep(0.05)
+    assert leftovers() == []
+
+
+def test_tinyllava_video_is_served_too(tmp_path):
+    model = tmp_path / "tinyllava"
+    assert main(["model", "tiny", "--arch", "tinyllava-video", "--out", str(model)]) == 0
+    app = build_app(load_adapter(model), "tiny-llava", limits=ServeLimits(max_new_tokens=8))
+    with running(app) as url:
+        for stream in (False, True):
+            status, body = post(url, {**chat(frames_content(), stream=stream), "model": "tiny-llava", "max_tokens": 8})
+            assert status == 200, body
+        assert sse(body)[-1] == "[DONE]"

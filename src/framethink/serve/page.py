@@ -45,7 +45,7 @@ def build_page(session: ModelSession, examples: Sequence[Path] = ()) -> gr.Block
             with gr.Column(scale=1):
                 video = gr.Video(label="video", sources=["upload"], include_audio=True, elem_id="video")
                 if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="example videos")
+                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="example videos", elem_id="examples")
             with gr.Column(scale=1):
                 question = gr.Textbox(label="question", lines=2, elem_id="question")
                 options = gr.Textbox(label="options (comma-separated, optional)", elem_id="options")
