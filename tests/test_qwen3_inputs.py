@@ -232,3 +232,41 @@ def test_placeholder_count_and_frame_indices_are_checked(tiny_dir):
         build_qwen3_inputs(tokenizer, processor, messages)
     with pytest.raises(ValueError, match="timestamps of shape"):
         processor.process_video(VideoClip.from_indices(_video(4, 64, 64, 0), np.arange(3), 2.0))
+
+
+# The released processor configs of Qwen/Qwen3-VL-8B-Instruct and Qwen/Qwen3.5-* (identical), verbatim.
+RELEASED_IMAGE_CONFIG = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
+    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor", "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+RELEASED_VIDEO_CONFIG = {
+    "size": {"longest_edge": 25165824, "shortest_edge": 4096}, "patch_size": 16, "temporal_patch_size": 2,
+    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor", "video_processor_type": "Qwen3VLVideoProcessor",
+}
+
+
+def test_released_processor_configs_bit_exact(tiny_dir, tmp_path):
+    """The released configs give framethink's defaults, and transformers and framethink agree under them (a small
+    image grows to the 65,536-pixel minimum; a 720p clip of 40 frames at 25 fps keeps its size, rounded to 32)."""
+    import json
+    import shutil
+
+    released = shutil.copytree(tiny_dir, tmp_path / "released")
+    (released / "preprocessor_config.json").write_text(json.dumps(RELEASED_IMAGE_CONFIG))
+    (released / "video_preprocessor_config.json").write_text(json.dumps(RELEASED_VIDEO_CONFIG))
+    processor = Qwen3VisionProcessor.from_pretrained(released)
+    assert processor == Qwen3VisionProcessor()
+    tokenizer = AutoTokenizer.from_pretrained(released)
+    image, video = _video(1, 90, 120, 7)[0], _video(40, 720, 1280, 8)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "video"}, QUESTION]}]
+    indices = processor.sample_indices(40, 25.0)  # 1.6 s at 2 fps: int(3.2) = 3 -> the minimum 4
+    mine = build_qwen3_inputs(tokenizer, processor, messages, images=[image],
+                              videos=[VideoClip.from_indices(video[indices], indices, 25.0)])
+    official = AutoProcessor.from_pretrained(released)
+    text = official.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = official(text=[text], images=[image], videos=[video], return_tensors="pt",
+                        videos_kwargs={"video_metadata": [{"total_num_frames": 40, "fps": 25.0}]})
+    _assert_equal(mine, expected)
+    assert mine["image_grid_thw"].tolist() == [[1, 14, 20]] and mine["video_grid_thw"].tolist() == [[2, 44, 80]]
