@@ -1,5 +1,5 @@
 """Data parallelism: two CPU processes under torchrun (gloo) train on different prompts, one of them without
-a video, and end with identical weights that moved from the initial ones."""
+a video, and end with identical weights that moved from the initial ones; each process's records."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from framethink.config import save_config
+from framethink.engine import batch_indices, epoch_order
 
 pytest_plugins = ["fixtures_training"]
 
@@ -57,3 +58,15 @@ def test_two_processes_end_with_identical_weights(recipe, mixed_file, tiny_qwen2
     # the temporal statistics are means over the processes that had a video prompt
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2] and all("temporal/p" in m for m in logged)
+
+
+def test_each_process_takes_its_slice_of_one_permutation_per_epoch():
+    # 5 records, 2 processes x 2 prompts: step 1 of rank 0 takes positions 4 and 5, i.e. the last record of
+    # epoch 0's order and the first of epoch 1's; rank 1 takes positions 6 and 7 (epoch 1, offsets 1 and 2)
+    seed = 3
+    orders = [torch.randperm(5, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist() for epoch in (0, 1)]
+    assert batch_indices(0, 2, 1, 2, 5, seed, True) == orders[0][2:4]
+    assert batch_indices(1, 2, 0, 2, 5, seed, True) == [orders[0][4], orders[1][0]]
+    assert batch_indices(1, 2, 1, 2, 5, seed, True) == orders[1][1:3]
+    assert batch_indices(1, 2, 1, 2, 5, seed, False) == [1, 2]
+    assert epoch_order(5, 1, seed, True) == orders[1] and sorted(orders[1]) == list(range(5))
