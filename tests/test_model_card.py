@@ -54,3 +54,17 @@ def test_an_evaluation_table_replaces_the_previous_one(recipe):
     (final / "README.md").write_text("# someone else's card\n")
     with pytest.raises(ConfigError, match="no framethink evaluation section"):
         add_evaluation(final, "| x |", source="y")
+
+
+def test_the_demo_export_carries_its_evaluation(tmp_path):
+    from framethink.cli import main
+    from test_demo import TINY_DEMO  # the demo's own tiny settings
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
+    card = (out / "rl" / "final" / "README.md").read_text()
+    assert "tags:\n- framethink\n- video-reasoning\n- rl" in card
+    data = out / "data" / "train.json"
+    assert f"`{hashlib.sha256(data.read_bytes()).hexdigest()}`" in card
+    assert "Measured by `framethink demo` on its held-out synthetic clips (seed 0)." in card
+    assert (out / "report.md").read_text().strip() in card  # the demo's table and summary, as it printed them
