@@ -201,3 +201,13 @@ def test_mrope_sections_and_bad_sizes(tmp_path):
         build_tiny_qwen3("qwen3-vl", tmp_path, deepstack_layers=3)
     with pytest.raises(ConfigError, match="unknown tiny Qwen3"):
         build_tiny_qwen3("qwen3-omni", tmp_path)
+
+
+@pytest.mark.parametrize("arch, model_type", [("qwen3-vl", "qwen3_vl"), ("qwen3.5", "qwen3_5")])
+def test_model_tiny_command_writes_them(arch, model_type, tmp_path, capsys):
+    from framethink.cli import main
+
+    assert main(["model", "tiny", "--arch", arch, "--out", str(tmp_path / arch), "--seed", "2"]) == 0
+    assert f"wrote tiny {arch} checkpoint" in capsys.readouterr().out
+    assert json.loads((tmp_path / arch / "config.json").read_text())["model_type"] == model_type
+    assert type(AutoProcessor.from_pretrained(tmp_path / arch)).__name__ == "Qwen3VLProcessor"
