@@ -1,1 +1,2 @@
-"""Evaluation (SPEC 7): benchmark loaders, deterministic scoring, resumable runs, reports."""
+"""Evaluation (docs/evaluation.md): benchmarks in their released layouts, scoring protocols, resumable runs that
+survive bad items, reports."""

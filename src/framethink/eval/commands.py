@@ -35,20 +35,18 @@ def run_command(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset) if args.preset else None
     protocols = parse_protocols(args.protocol or (preset.protocol if preset else None))
     benchmarks = load_benchmarks([s.strip() for s in args.bench.split(",") if s.strip()], args.data_root)
-    if args.recipe:
-        recipe = load_config(args.recipe).eval
-        base = Decoding(max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature, top_p=recipe.top_p,
-                        do_sample=recipe.temperature > 0)
-    elif preset:
+    recipe = load_config(args.recipe).eval if args.recipe else None  # a recipe's decoding wins over a preset's
+    if recipe is None and preset is not None:
         base = preset.decoding
     else:
-        defaults = EvalConfig()
-        base = Decoding(max_new_tokens=defaults.max_new_tokens, temperature=defaults.temperature,
-                        top_p=defaults.top_p, do_sample=defaults.temperature > 0)
+        section = recipe or EvalConfig()
+        base = Decoding(max_new_tokens=section.max_new_tokens, temperature=section.temperature, top_p=section.top_p,
+                        do_sample=section.temperature > 0)
     decoding = resolve_decoding(base, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens)
     frames = _given(args.frames, preset, "frames")
-    max_pixels, min_pixels = _given(args.max_pixels, preset, "max_pixels"), _given(args.min_pixels, preset, "min_pixels")
+    max_pixels = _given(args.max_pixels, preset, "max_pixels")
+    min_pixels = _given(args.min_pixels, preset, "min_pixels")
     bounds = {k: v for k, v in (("max_pixels", max_pixels), ("video_min_pixels", min_pixels)) if v is not None}
     adapter = models.load_adapter(args.model, num_frames=frames, **bounds)
     torch.manual_seed(args.seed)  # sampled decoding (temperature > 0) is reproducible by seed
@@ -56,7 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = RunSettings(model=str(args.model.resolve()), frames=frames, max_pixels=max_pixels,
                            min_pixels=min_pixels, mode=args.mode, template=template, frame_order=args.frame_order,
                            decoding=decoding, seed=args.seed, preset=args.preset)
-    batch_size = args.batch_size or (load_config(args.recipe).eval.batch_size if args.recipe else EvalConfig().batch_size)
+    batch_size = args.batch_size or (recipe or EvalConfig()).batch_size
     report = evaluate(adapter, benchmarks, args.out, settings, batch_size=batch_size, limit=args.limit,
                       compare=args.compare, protocols=protocols,
                       log=lambda msg: print(msg, file=sys.stderr, flush=True))

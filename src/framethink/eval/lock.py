@@ -1,4 +1,4 @@
-"""One writer per evaluation output folder (docs/evaluation.md, "Failures and the lock").
+"""One writer per evaluation output folder (docs/evaluation.md#failures-and-the-lock).
 
 `eval run` holds `OUT/.framethink-eval.lock` while it writes: a JSON note of the process id, the host and the
 start time, created atomically (O_EXCL). A second run on the same folder is refused while that process lives;

@@ -1,4 +1,4 @@
-"""The predictions file of an evaluation run: `predictions.jsonl` (docs/evaluation.md, "Files").
+"""The predictions file of an evaluation run: `predictions.jsonl` (docs/evaluation.md#files).
 
 Line 1 is the run header, `{"header": {model, frames, max_pixels, min_pixels, mode, template, frame_order,
 decoding, seed, preset, framethink_version}}`. Every other line is one item holding all that scoring needs, so

@@ -1,4 +1,4 @@
-"""Presets: a reference evaluation's whole protocol in one name (docs/evaluation.md, "Presets").
+"""Presets: a reference evaluation's whole protocol in one name (docs/evaluation.md#presets).
 
 A preset sets the frames, pixel bounds, decoding, prompt template and scoring protocol the reference
 evaluation used; every flag given explicitly overrides the preset's value, and the predictions header and the

@@ -1,5 +1,5 @@
-"""Scoring protocols: one model output, scored the way each published number was measured (docs/evaluation.md,
-"Scoring protocols").
+"""Scoring protocols: one model output, scored the way each published number was measured
+(docs/evaluation.md#scoring-protocols).
 
 - `framethink` (default): the first `<answer>`, else the whole output; reads B, B., (B), "B. text"; never guesses.
 - `video-r1`: Video-R1's evaluation script.
@@ -206,7 +206,7 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("framethink", framethink_rule, False, "framethink (docs/evaluation.md)"),
+    Protocol("framethink", framethink_rule, False, "first <answer>, one option letter or number, never a guess"),
     Protocol("video-r1", video_r1_rule, True, "tulerfeng/Video-R1 src/eval_bench.py"),
     Protocol("official", official_rule, False, "each benchmark's released scorer"),
     Protocol("lmms-eval", lmms_eval_rule, False, "lmms-eval 0.7 task rules, reasoning tags stripped"),

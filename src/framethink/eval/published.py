@@ -1,4 +1,4 @@
-"""Published results to compare against (docs/evaluation.md, "Why published numbers differ").
+"""Published results to compare against (docs/evaluation.md#why-published-numbers-differ).
 
 An entry names a model and the setting and scoring protocol its numbers were measured under; its numbers live
 in the benchmark files (`published` of each `BenchmarkSpec`), keyed by the entry's key. Scores are percentages.

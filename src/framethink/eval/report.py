@@ -1,4 +1,4 @@
-"""Evaluation reports (docs/evaluation.md, "Reports"): per benchmark and scoring protocol, per task and per
+"""Evaluation reports (docs/evaluation.md#reports): per benchmark and scoring protocol, per task and per
 Video-MME duration, the failed items, the published numbers beside the run's under the protocol they were
 measured with, and the temporal sensitivity of the model.
 

@@ -1,4 +1,5 @@
-"""Resumable, batched evaluation runs that survive bad items (docs/evaluation.md, "Runs", "Failures and the lock").
+"""Resumable, batched evaluation runs that survive bad items (docs/evaluation.md#reports,
+docs/evaluation.md#failures-and-the-lock).
 
 `eval run --out OUT` writes `OUT/<frame order>/predictions.jsonl` (see `predictions`), then the report of every
 frame order present in OUT (`OUT/report.json`, `OUT/report.md`, `OUT/item_scores.jsonl`). Each batch's lines are

@@ -1,5 +1,5 @@
 """Scores of prediction lines under one protocol: per item, per task, per Video-MME duration, per benchmark
-(docs/evaluation.md, "Scoring protocols" and "Reports").
+(docs/evaluation.md#scoring-protocols, docs/evaluation.md#reports).
 
 A benchmark scores as the mean of its counted items ("accuracy") or, for the benchmarks whose release averages
 task scores (MLVU, VSI-Bench), as the mean of its task scores ("task mean"); a task whose items carry a subtask

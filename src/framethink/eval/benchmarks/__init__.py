@@ -1,4 +1,4 @@
-"""The benchmark registry and the resolution of `--bench` values (docs/evaluation.md, "Benchmarks").
+"""The benchmark registry and the resolution of `--bench` values (docs/evaluation.md#benchmarks).
 
 Each benchmark is one module of this package holding a `BENCHMARK` spec (loader, grouping, official and
 lmms-eval scoring rules, published numbers, help text); adding one is that file and one line in `REGISTRY`.

@@ -1,9 +1,9 @@
-"""What a benchmark file provides, and the helpers its loader uses (see docs/evaluation.md, "Benchmarks").
+"""What a benchmark file provides, and the helpers its loader uses (see docs/evaluation.md#benchmarks).
 
 A benchmark module defines one `BenchmarkSpec`: its loader (the released files as published), how its
 score aggregates (item mean or mean of task scores), its official scoring rule and its lmms-eval 0.7 task
 rule, its published numbers and its help text. Loaders never refuse an item for its video: a missing video
-stays in the record and the run reports that item as an error (docs/evaluation.md, "Failures").
+stays in the record and the run reports that item as an error (docs/evaluation.md#failures-and-the-lock).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from framethink.data.records import Record
 from framethink.errors import DataError
+from framethink.eval.lmms_eval_rules import extract_mcq_answer
 from framethink.rewards import normalize_option
 
 LETTERS = string.ascii_uppercase
@@ -80,6 +81,15 @@ def option_texts(line: dict) -> dict[str, str]:
         letter = normalize_option(option.split(".", 1)[0]) if "." in option else ""
         texts[letter or LETTERS[len(texts)]] = option.split(".", 1)[1].strip() if "." in option else option
     return texts
+
+
+def abcd_rule(line: dict, text: str) -> ItemScore:
+    """lmms-eval 0.7.2's rule for Video-MME and MLVU (`extract_characters_regex` in their `utils.py`):
+    `extract_mcq_answer` over A-D, equal to the gold letter; every item is answered (counted)."""
+    pred = extract_mcq_answer(text, choices=["A", "B", "C", "D"])
+    if pred == "":
+        return ItemScore(answer="", score=0.0, status="unparsable")
+    return scored(pred, pred == gold_letter(line))
 
 
 def gold_text(line: dict) -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framethink.data.records import Record
-from framethink.eval.benchmarks.base import BenchmarkSpec, Item, ItemScore, gold_letter, json_list, lettered, scored
-from framethink.eval.lmms_eval_rules import extract_mcq_answer
+from framethink.eval.benchmarks.base import BenchmarkSpec, Item, abcd_rule, json_list, lettered
 
 TASKS = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
 
@@ -33,18 +32,11 @@ def load(root: Path) -> list[Record]:
     return records
 
 
-def rule(line: dict, text: str) -> ItemScore:
-    """lmms-eval v0.7.2 `lmms_eval/tasks/mlvu/utils.py` `mlvu_process_results` (`extract_mcq_answer` over A-D)
-    and `mlvu_aggregate_results_dev` (every item answered; mean of the task accuracies)."""
-    pred = extract_mcq_answer(text, choices=["A", "B", "C", "D"])
-    if pred == "":
-        return ItemScore(answer="", score=0.0, status="unparsable")
-    return scored(pred, pred == gold_letter(line))
-
-
 BENCHMARK = BenchmarkSpec(
     name="mlvu", help="MLVU dev, 7 multiple-choice tasks (json/<n>_<task>.json + video/), macro task mean",
-    load=load, metric="task mean", official=rule, lmms_eval=rule,
+    # both: lmms-eval's `mlvu_process_results` + `mlvu_aggregate_results_dev` (mean of the task accuracies), on the
+    # answer text (official) or on the reasoning-stripped output (lmms-eval)
+    load=load, metric="task mean", official=abcd_rule, lmms_eval=abcd_rule,
     published={"tinyllava-video-sft-option": 49.2, "tinyllava-video-coldstart-reason": 28.6,
                "tinyllava-video-r1-reason": 52.4},
 )

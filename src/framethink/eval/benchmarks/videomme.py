@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 from framethink.data.records import Record
-from framethink.eval.benchmarks.base import BenchmarkSpec, Item, ItemScore, gold_letter, parquet_rows, scored
-from framethink.eval.lmms_eval_rules import extract_mcq_answer
+from framethink.eval.benchmarks.base import BenchmarkSpec, Item, ItemScore, abcd_rule, gold_letter, parquet_rows, scored
 
 DURATIONS = ("short", "medium", "long")
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv")
@@ -65,18 +64,9 @@ def official(line: dict, text: str) -> ItemScore:
     return scored(pred, pred == gold_letter(line))
 
 
-def lmms_eval(line: dict, text: str) -> ItemScore:
-    """lmms-eval v0.7.2 `videomme_process_results` (its `extract_characters_regex` is `extract_mcq_answer` over
-    A-D) and `videomme_aggregate_results` (every item answered)."""
-    pred = extract_mcq_answer(text, choices=["A", "B", "C", "D"])
-    if pred == "":
-        return ItemScore(answer="", score=0.0, status="unparsable")
-    return scored(pred, pred == gold_letter(line))
-
-
 BENCHMARK = BenchmarkSpec(
     name="videomme", help="Video-MME w/o subtitles (videomme/test-*.parquet + data/), accuracy and per duration",
-    load=load, metric="accuracy", official=official, lmms_eval=lmms_eval,
+    load=load, metric="accuracy", official=official, lmms_eval=abcd_rule,  # lmms-eval's videomme_process_results
     published={"qwen2.5-vl-7b-cot-16f": 53.1, "qwen2.5-vl-7b-cot-32f": 56.6, "qwen2.5-vl-7b-sft-16f": 52.8,
                "qwen2.5-vl-7b-sft-32f": 55.4, "video-r1-7b-16f": 57.4, "video-r1-7b-32f": 59.3,
                "video-r1-7b-wo-temporal-16f": 54.5, "tinyllava-video-sft-option": 42.2,

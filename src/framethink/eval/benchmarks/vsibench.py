@@ -36,7 +36,8 @@ def load(root: Path) -> list[Record]:
             task = qtype
             if qtype.startswith("object_rel_direction_"):
                 task, extra["subtask"] = qtype.rsplit("_", 1)
-            records.append(item.record(rid, question, options, item.letter("ground_truth", options), task, video, extra))
+            gold = item.letter("ground_truth", options)
+            records.append(item.record(rid, question, options, gold, task, video, extra))
         elif qtype in NUMERIC_TASKS:
             gold = item.get("ground_truth")
             if parse_number(gold) is None:
