@@ -109,7 +109,7 @@ def inspect_inputs(
         tokens, features = _vision_counts(prompt, adapter, extra)
     inspection = Inspection(record=record, prompt=prompt, tensors=tensors, positions_counted_by_model=counted,
                             vision_tokens=tokens, vision_features=features, pack_error=failure, report="")
-    inspection.report = render(inspection, adapter, model=Path(model), frame_order=frame_order)
+    inspection.report = render(inspection, adapter, model=Path(model))
     return inspection
 
 
@@ -137,8 +137,9 @@ def _vision_counts(prompt: EncodedPrompt, adapter, placeholder_extra: int) -> tu
     return tokens, features
 
 
-def _blocks(prompt: EncodedPrompt) -> list[tuple[int, int, int]]:
-    """(kind, start, end) of the prompt's vision token runs; kind 0 is text, -1 a placeholder for embeddings."""
+def _token_runs(prompt: EncodedPrompt) -> list[tuple[int, int, int]]:
+    """(kind, start, end) of the prompt's runs of one token kind: 0 text, 1 image, 2 video, -1 a placeholder that
+    becomes embeddings (a family without mm_token_type_ids)."""
     ids = prompt.inputs["input_ids"][0].tolist()
     if "mm_token_type_ids" in prompt.inputs:
         kinds = prompt.inputs["mm_token_type_ids"][0].tolist()
@@ -152,7 +153,7 @@ def _blocks(prompt: EncodedPrompt) -> list[tuple[int, int, int]]:
     return runs
 
 
-def render(inspection: Inspection, adapter, *, model: Path, frame_order: str) -> str:
+def render(inspection: Inspection, adapter, *, model: Path) -> str:
     """The report `framethink inspect` prints."""
     prompt, tensors = inspection.prompt, inspection.tensors
     record, meta = inspection.record, prompt.meta
@@ -168,9 +169,9 @@ def render(inspection: Inspection, adapter, *, model: Path, frame_order: str) ->
         lines.append(f"sampled: {len(shown)} frames at {float(tensors['sample_fps']):.3f} fps; indices in the video "
                      f"(temporal order): {meta['indices']}")
         lines.append("times (s): " + " ".join(f"{t:.2f}" for t in times))
-        if frame_order != "ordered":
-            lines.append(f"frame order {frame_order}: the pixels hold frames {shown} in this order; the timestamps "
-                         "and positions stay those of the ordered clip")
+        if prompt.frame_order != "ordered":
+            lines.append(f"frame order {prompt.frame_order}: the pixels hold frames {shown} in this order; "
+                         "the timestamps and positions stay those of the ordered clip")
     lines.append(_pixel_line(adapter, tensors))
     lines.append("")
     lines.append("prompt (vision blocks summarised):")
@@ -193,7 +194,8 @@ def _pixel_line(adapter, tensors: dict[str, torch.Tensor]) -> str:
     processor = getattr(adapter, "processor", None)
     bounds = ""
     if processor is not None and hasattr(processor, "__dataclass_fields__"):
-        bounds = ", ".join(f"{f.name} {getattr(processor, f.name):,}" for f in fields(processor) if f.name.endswith("_pixels"))
+        bounds = ", ".join(f"{f.name} {getattr(processor, f.name):,}" for f in fields(processor)
+                           if f.name.endswith("_pixels"))
     sized = ""
     patch = getattr(processor, "patch_size", None)
     for key in ("video_grid_thw", "image_grid_thw"):
@@ -211,12 +213,12 @@ def _prompt_text(inspection: Inspection, adapter) -> str:
     """The prompt's text with every run of vision tokens replaced by one bracketed summary."""
     prompt, tensors = inspection.prompt, inspection.tensors
     ids = prompt.inputs["input_ids"][0].tolist()
-    runs = _blocks(prompt)
+    runs = _token_runs(prompt)
     video_blocks = [r for r in runs if r[0] == 2]
     grid = tensors.get("video_grid_thw")
     shown = tensors["frame_indices"].tolist()
     times = dict(zip(prompt.meta.get("indices", []), prompt.meta.get("timestamps", [])))
-    parts, video_block = [], 0
+    parts, video_block, image = [], 0, 0
     for kind, start, end in runs:
         if kind == 0:
             parts.append(adapter.tokenizer.decode(ids[start:end], skip_special_tokens=False))
@@ -226,14 +228,16 @@ def _prompt_text(inspection: Inspection, adapter) -> str:
             extra = inspection.vision_features
             parts.append(f"[{inspection.record.media_kind}: {len(shown)} frames -> {extra} embeddings]")
         elif kind == 1:
-            parts.append(f"[image: {count} tokens, grid {tensors['image_grid_thw'][0].tolist()}]")
+            parts.append(f"[image: {count} tokens, grid {tensors['image_grid_thw'][image].tolist()}]")
+            image += 1
         else:
             parts.append(_video_block(video_block, len(video_blocks), count, grid, shown, times))
             video_block += 1
     return "".join(parts)
 
 
-def _video_block(k: int, n_blocks: int, count: int, grid: torch.Tensor, shown: list[int], times: dict[int, float]) -> str:
+def _video_block(k: int, n_blocks: int, count: int, grid: torch.Tensor, shown: list[int],
+                 times: dict[int, float]) -> str:
     """Summary of the k-th of n video token runs: one run per temporal patch (Qwen3-VL) or one for the whole clip.
     `shown` are the frames of the pixels in the order the model sees them, `times` each frame's time in seconds."""
     t, h, w = grid[0].tolist()

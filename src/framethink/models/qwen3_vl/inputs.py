@@ -4,9 +4,9 @@ Both families use one processor (transformers `models/qwen3_vl/processing_qwen3_
 - images: Qwen2-VL's image processor with patch 16 and mean = std = 0.5 (`Qwen2VLImageProcessor`), i.e.
   `framethink.models.qwen_vl.inputs.QwenVisionProcessor` with those settings;
 - videos: `Qwen3VLVideoProcessor` (`video_processing_qwen3_vl.py`): frames sampled by fps
-  (`framethink.data.video.qwen3_frame_indices`, frame rule "qwen3"), one smart resize over the whole clip (`video_smart_resize`, the budget counts the
-  pixels of every frame), optionally capped per frame (`video_max_pixels`), then the same normalise and
-  patchify as Qwen2-VL;
+  (`framethink.data.video.qwen3_frame_indices`, frame rule "qwen3"), one smart resize over the whole clip
+  (`video_smart_resize`: the budget counts the pixels of every frame), optionally capped per frame
+  (`video_max_pixels`), then the same normalise and patchify as Qwen2-VL;
 - the prompt: every temporal patch (2 frames) of a video is written as `<{t:.1f} seconds>` followed by
   `<|vision_start|>` + one `<|video_pad|>` per merged patch + `<|vision_end|>`, t being the mean time of its
   first and last frame (`temporal_patch_times`); the chat template's `<|vision_start|><|video_pad|><|vision_end|>`
@@ -221,7 +221,8 @@ class Qwen3VisionProcessor:
         for key in _SHARED:
             if image[key] != video[key]:
                 raise ConfigError(f"{video_file}: '{key}' = {video[key]} differs from {image[key]} in {image_file}")
-        sampling = {key: video_cfg[key] for key in ("fps", "min_frames", "max_frames", "max_video_tokens") if key in video_cfg}
+        sampling = {key: video_cfg[key] for key in ("fps", "min_frames", "max_frames", "max_video_tokens")
+                    if key in video_cfg}
         if video_cfg.get("num_frames") is not None:
             raise ConfigError(f"{video_file}: 'num_frames' is not supported; Qwen3-VL samples by fps")
         processor = cls(

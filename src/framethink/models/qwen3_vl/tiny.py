@@ -101,7 +101,8 @@ def chat_template(arch: str) -> str:
 def build_tiny_tokenizer(arch: str, vocab_size: int = 768) -> PreTrainedTokenizerFast:
     """The offline tokenizer of a tiny `arch` checkpoint: Qwen's special tokens in Qwen's order, Qwen3's added
     tokens, the family's chat template; for Qwen3.5 the `Qwen3_5Tokenizer` pre-tokenizer."""
-    family = {"tokenizer_class": Qwen3_5Tokenizer, "pretokenize_regex": QWEN3_5_PRETOKENIZE_REGEX} if arch == "qwen3.5" else {}
+    family = ({"tokenizer_class": Qwen3_5Tokenizer, "pretokenize_regex": QWEN3_5_PRETOKENIZE_REGEX}
+              if arch == "qwen3.5" else {})
     return build_offline_tokenizer(
         vocab_size=vocab_size, chat_template=chat_template(arch), added_tokens=QWEN3_ADDED_TOKENS, **family
     )
