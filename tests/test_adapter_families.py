@@ -4,20 +4,23 @@ through the LM once (its cache, Qwen3.5's linear-attention states included, gath
 log-probs and gradients as the per-row path under gradient checkpointing; a shuffled or reversed clip changes the
 pixel content only (the prompt, its timestamp text, grids and positions stay those of the ordered clip); and in a
 T-GRPO step every forward (generation, old policy, reference, policy) gets the pixels, grids, positions and
-(Qwen3-VL) DeepStack features of its prompts.
+(Qwen3-VL) DeepStack features of its prompts; and `framethink demo --arch ARCH` runs end to end.
 
 A new family adds its tiny architecture to FAMILIES below (and its modules to `_parts`)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from framethink.cli import main
 from framethink.data.clips import FrameRule
 from framethink.models import build_tiny, load_adapter
 from framethink.models.adapter import Decoding
+from framethink.models.registry import BY_TINY_ARCH, family_of
 from framethink.rl.trainer import train_rl
 
 pytest_plugins = ["fixtures_training"]
@@ -251,3 +254,27 @@ def test_every_forward_of_a_tgrpo_step_gets_pixels_grids_positions_and_deepstack
             layers = len(packed.deepstack_visual_embeds)
             assert len(deepstack) == layers and torch.equal(visual[:2], packed.visual_pos_masks)
             assert all(d.shape[0] == int(visual.sum()) for d in deepstack)
+
+
+DEMO_FRAMES = {"tinyllava-video": {"rule": "uniform", "num_frames": 8}, "qwen3-vl": {"rule": "qwen3", "max_frames": 8},
+               "qwen3.5": {"rule": "qwen3", "max_frames": 8}}  # the demo of Qwen2-VL / Qwen2.5-VL: tests/test_demo.py
+
+
+@pytest.mark.parametrize("arch", list(DEMO_FRAMES))
+def test_demo_runs_end_to_end(tmp_path, arch):
+    out = tmp_path / "demo"
+    code = main(["demo", "--arch", arch, "--out", str(out), "data.train_per_task=2", "data.test_per_task=1",
+                 "sft.run.max_steps=1", "rl.run.max_steps=1", "sft.optim.prompts_per_step=2",
+                 "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2", "rl.rl.num_shuffled=2",
+                 "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
+                 "rl.run.report_to=[none]", "rl.run.sample_every=0"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"untrained", "sft", "rl"}
+    for stage in report["results"].values():
+        assert set(stage) == {"color_first", "color_last", "color"}
+        assert all(set(orders) == {"ordered", "shuffled", "reversed"} for orders in stage.values())
+    model_type = json.loads((out / "model-init/config.json").read_text())["model_type"]
+    assert family_of(model_type) is BY_TINY_ARCH[arch]
+    frames = json.loads((out / "rl/final/framethink.json").read_text())["frames"]
+    assert {key: frames[key] for key in DEMO_FRAMES[arch]} == DEMO_FRAMES[arch]

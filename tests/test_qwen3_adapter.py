@@ -1,7 +1,7 @@
 """The Qwen3-VL / Qwen3.5 adapter's own behaviour: the timestamp text of the ordered clip under every frame order,
 DeepStack features in every forward and through the frozen-tower cache, Qwen3.5's thinking opener, LoRA targets
 (linear-attention projections included) and FSDP units, the MoE variants, and SFT, T-GRPO and evaluation on the tiny
-checkpoints. What every family shares is tests/test_adapter_families.py."""
+checkpoints. What every family shares (the demo included) is tests/test_adapter_families.py."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +16,6 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig
 
-from framethink.cli import main
 from framethink.config import ModelConfig, load_config
 from framethink.data.video import sample_frames
 from framethink.engine import apply_lora
@@ -34,7 +33,6 @@ pytest_plugins = ["fixtures_training"]
 TEMPLATE = "video-r1"
 SMALL = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_intermediate_size=128)
 ARCHS = {"qwen3-vl": SMALL, "qwen3.5": {**SMALL, "full_attention_interval": 2}}
-QWEN3_TYPES = {"qwen3-vl": "qwen3_vl", "qwen3.5": "qwen3_5"}
 TRAIN = ("optim.lr=0.001", "optim.weight_decay=0.0", "optim.prompts_per_step=2", "run.save_every=0",
          "run.sample_every=0", "run.report_to=[none]", "data.frame_rule=qwen3", "data.max_frames=16")
 
@@ -196,22 +194,6 @@ def test_sft_then_tgrpo_then_evaluation(checkpoints, tmp_path, arch):
                                frame_order=order, decoding=decoding)
         lines = read_predictions(run_eval(adapter, [bench], tmp_path / order, settings, batch_size=2)).lines
         assert sorted(p["id"] for p in lines) == sorted(r.id for r in bench.records)
-
-
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_demo_runs_end_to_end(tmp_path, arch):
-    out = tmp_path / "demo"
-    code = main(["demo", "--arch", arch, "--out", str(out), "data.train_per_task=2", "data.test_per_task=1",
-                 "sft.run.max_steps=1", "rl.run.max_steps=1", "sft.optim.prompts_per_step=2",
-                 "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2", "rl.rl.num_shuffled=2",
-                 "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
-                 "rl.run.report_to=[none]", "rl.run.sample_every=0"])
-    assert code == 0
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["results"]) == {"untrained", "sft", "rl"}
-    assert json.loads((out / "model-init/config.json").read_text())["model_type"] == QWEN3_TYPES[arch]
-    trained = json.loads((out / "rl/final/framethink.json").read_text())
-    assert trained["frames"]["rule"] == "qwen3" and trained["frames"]["max_frames"] == 8
 
 
 @pytest.mark.parametrize("name, model", [("qwen3-vl-video-r1.yaml", "runs/qwen3-vl-sft/final"),

@@ -1,7 +1,7 @@
 """The TinyLLaVA-Video policy adapter's own behaviour: prompts and frames, log-probs against the model's own
 placeholder forward, positions on both LM paths, the video in every forward, an RL step of the TinyLLaVA recipe
-(vision frozen, connector and LM trained), SFT, evaluation, the CLI and the demo. What every family shares is
-tests/test_adapter_families.py."""
+(vision frozen, connector and LM trained), SFT, evaluation and the CLI. What every family shares (the demo
+included) is tests/test_adapter_families.py."""
 from __future__ import annotations
 
 import copy
@@ -322,21 +322,3 @@ def test_cli_builds_and_converts_tiny_checkpoints(tmp_path, records, capsys):
         with torch.no_grad():
             logprobs.append(adapter.completion_logprobs([adapter.encode(records[0], template=TEMPLATE)], [0], tokens))
     assert torch.equal(logprobs[0], logprobs[1]) and torch.equal(logprobs[0], logprobs[2])
-
-
-def test_demo_with_tinyllava_video(tmp_path):
-    out = tmp_path / "demo"
-    code = main(["demo", "--arch", "tinyllava-video", "--out", str(out), "data.train_per_task=2",
-                 "data.test_per_task=1", "sft.run.max_steps=1", "rl.run.max_steps=1", "sft.optim.prompts_per_step=2",
-                 "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2", "rl.rl.num_shuffled=2",
-                 "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
-                 "rl.run.report_to=[none]", "rl.run.sample_every=0"])
-    assert code == 0
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["results"]) == {"untrained", "sft", "rl"}
-    for stage in report["results"].values():
-        assert set(stage) == {"color_first", "color_last", "color"}
-        assert all(set(orders) == {"ordered", "shuffled", "reversed"} for orders in stage.values())
-    assert json.loads((out / "model-init/config.json").read_text())["model_type"] == "framethink_tinyllava_video"
-    trained = json.loads((out / "rl/final/framethink.json").read_text())
-    assert trained["frames"]["rule"] == "uniform" and trained["frames"]["num_frames"] == 8
