@@ -140,13 +140,18 @@ def test_bounds(clips, clip, kwargs, indices, fps):
         ({"start": 2.0, "end": 1.0}, "not after the start"),
         ({"end": 0.0}, "not after the start"),
         ({"start": 3.95}, "no frame lies"),  # ceil(39.5) = 40 is past the last frame
-        ({"start": 3.9}, "needs at least 2"),  # one frame in range: too few for the qwen rule
     ],
 )
 def test_bounds_errors(clips, kwargs, reason):
     with pytest.raises(VideoDecodeError, match=reason) as info:
         sample_frames(clips["40@10"], **kwargs)
     assert info.value.path == str(clips["40@10"])
+
+
+def test_one_frame_in_range_is_sampled_alone(clips):
+    """Fewer frames than the qwen rule's temporal patch of 2: the frame itself (the patchifier repeats it)."""
+    got = sample_frames(clips["40@10"], start=3.9)
+    assert got.indices.tolist() == [39] and decoded_indices(got.frames).tolist() == [39]
 
 
 def test_unknown_rule(clips):
