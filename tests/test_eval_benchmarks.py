@@ -112,6 +112,7 @@ def test_mmvu_keeps_the_multiple_choice_subset(tmp_path):
     bench = load_benchmark("mmvu", tmp_path)
     assert [r.id for r in bench.records] == ["validation_1", "validation_2", "validation_3"]
     assert bench.records[1].options == ["A. O2", "B. CO2", "C. N2", "D. H2"]  # empty choice E dropped
+    assert bench.records[1].extra["all_choices"] == ["A", "B", "C", "D", "E"]  # kept for TinyLLaVA's guess
     assert bench.records[2].media[0] == tmp_path / "mmvu/videos/Art/1.mp4" and bench.records[2].source == "Art"
     score = _score(tmp_path, bench, {"validation_1": "A", "validation_2": "B", "validation_3": "D"})
     assert score.overall.score == pytest.approx(200 / 3)

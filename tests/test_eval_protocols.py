@@ -86,6 +86,9 @@ def test_tinyllava_random_fallback_is_its_expected_value():
     assert not PROTOCOLS["tinyllava"].score(_line("<answer>\nB\n</answer>")).guessed  # \s* takes the newlines
     assert PROTOCOLS["tinyllava"].score(_line("<answer> B </answer>", bench="vsibench")).score == 1.0
     assert PROTOCOLS["tinyllava"].score(_line("<answer>3</answer>", ptype="regression", answer="3")) is None
+    # eval_mmvu.py guesses among every choice key, the empty ones too
+    mmvu_line = {**_line("no tag", bench="mmvu"), "all_choices": ["A", "B", "C", "D", "E"]}
+    assert PROTOCOLS["tinyllava"].score(mmvu_line).score == pytest.approx(0.2)
 
 
 # VSI-Bench numeric items. official: thinking-in-space (first space-separated word, float(), MRA with <= over

@@ -3,9 +3,9 @@
 Line 1 is the run header, `{"header": {model, frames, max_pixels, min_pixels, mode, template, frame_order,
 decoding, seed, preset, framethink_version}}`. Every other line is one item holding all that scoring needs, so
 a file re-scores offline: `{benchmark, id, task, subtask, duration, problem_type, question, options, answer,
-answer_text, status, reason, output}`; status is "ok", or "error" for an item that could not be prepared or
-generated (its reason says why; it scores 0 under every protocol). Lines are appended as they are produced; a
-last line without its newline was cut by a crash and is not a prediction.
+answer_text, all_choices, status, reason, output}`; status is "ok", or "error" for an item that could not be
+prepared or generated (its reason says why; it scores 0 under every protocol). Lines are appended as they are
+produced; a last line without its newline was cut by a crash and is not a prediction.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def prediction_line(benchmark: str, record: Record, output: str, *, error: str |
             "subtask": record.extra.get("subtask"), "duration": duration if duration in DURATIONS else None,
             "problem_type": record.problem_type, "question": record.question, "options": record.options,
             "answer": record.answer, "answer_text": record.extra.get("answer_text"),
+            "all_choices": record.extra.get("all_choices"),
             "status": "ok" if error is None else "error", "reason": error, "output": output}
 
 

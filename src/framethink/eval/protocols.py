@@ -159,7 +159,7 @@ def tinyllava_rule(line: dict) -> ItemScore | None:
     counted as guessed, so that re-scoring is deterministic."""
     if line["problem_type"] != "multiple choice":
         return None
-    choices = list(option_texts(line))
+    choices = line.get("all_choices") or list(option_texts(line))  # MMVU: every choice key, empty ones too
     pred = tinyllava_parse(line["output"], choices)
     gold = normalize_option(str(line["answer"]))
     if pred is None:
@@ -171,7 +171,7 @@ def tinyllava_rule(line: dict) -> ItemScore | None:
 
 def tinyllava_sampled(line: dict, rng: random.Random) -> float:
     """One draw of the released rule (its `random.choice`), for checking the expected value in tests."""
-    choices = list(option_texts(line))
+    choices = line.get("all_choices") or list(option_texts(line))
     pred = tinyllava_parse(line["output"], choices)
     if pred == "random":
         pred = rng.choice(choices)

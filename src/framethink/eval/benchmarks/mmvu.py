@@ -35,8 +35,10 @@ def load(root: Path) -> list[Record]:
         options = [f"{k}. {v}" for k, v in sorted(item.get("choices", dict).items()) if str(v).strip()]
         video = root / item.get("video").split("resolve/main/", 1)[-1]
         subject = Item(item.get("metadata", dict), file, f"[{index}].metadata").get("subject")
+        # every choice key, empty ones too: TinyLLaVA-Video-R1's eval_mmvu.py guesses among all of them
+        extra = {"question_type": "multiple-choice", "all_choices": sorted(item.get("choices", dict))}
         records.append(item.record(item.get("id"), item.get("question"), options, item.letter("answer", options),
-                                   subject, video, {"question_type": "multiple-choice"}))
+                                   subject, video, extra))
     return records
 
 
