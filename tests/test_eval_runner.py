@@ -353,3 +353,13 @@ def test_presets_set_everything_and_flags_override_them(tmp_path, monkeypatch, c
     header = read_predictions(tmp_path / "c/ordered/predictions.jsonl").settings
     assert (header["template"], header["decoding"]["temperature"], header["decoding"]["max_new_tokens"]) == (
         "tinyllava-r1", 1.0, 1024)
+
+
+def test_the_command_line_offers_every_preset():
+    from framethink.cli import build_parser
+    from framethink.eval.presets import PRESETS
+
+    evaluation = next(a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._subparsers._group_actions)
+    run = evaluation.choices["run"]
+    (preset,) = [a for a in run._actions if a.dest == "preset"]
+    assert list(preset.choices) == list(PRESETS)
