@@ -193,7 +193,7 @@ class FramethinkRun:
         is a frozen copy of it, as `start_run` makes one."""
         reference = copy.deepcopy(adapter.model).eval().requires_grad_(False) if needs_reference(config) else None
         if config.model.gradient_checkpointing:
-            adapter.model.gradient_checkpointing_enable()
+            adapter.model.activation_checkpointing_enable()
         params, lora = trainable_parameters(adapter, config)
         optimizer = build_optimizer(params, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, schedule_horizon(config, len(records), 1))
