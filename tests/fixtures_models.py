@@ -15,7 +15,7 @@ from framethink.models.qwen_vl.inputs import QwenVisionProcessor
 from framethink.models.tiny import build_tiny
 from framethink.models.tokenizer import build_offline_tokenizer
 
-# ~0.28 M parameters (ENVIRONMENT.md's ~0.2 M model): text hidden 64, 2 layers, 4 heads / 2 KV heads,
+# ~0.28 M parameters (docs/models.md#tiny-checkpoints): text hidden 64, 2 layers, 4 heads / 2 KV heads,
 # mrope_section [2, 3, 3]; vision hidden 32, depth 2.
 SMALL_SIZES = dict(
     hidden_size=64,

@@ -210,3 +210,15 @@ def test_recipes_are_video_r1_with_the_familys_visual_settings(name, model):
     assert replace(recipe.data, **{key: getattr(video_r1.data, key) for key in visual}) == video_r1.data
     assert replace(recipe.model, path=video_r1.model.path) == video_r1.model and recipe.model.path == model
     assert replace(recipe.run, out=video_r1.run.out) == video_r1.run
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_fsdp_trains_like_data_parallel(checkpoints, recipe, tmp_path, arch):
+    """FSDP2 over the adapter's units (linear- and full-attention layers, vision blocks, the merger and DeepStack
+    mergers) on two CPU processes ends at the weights of the data-parallel run (Qwen3.5's tied embedding whole)."""
+    from test_fsdp import STEPS, _assert_same_weights, _train
+
+    steps = (f"model.path={checkpoints[arch]}", "data.frame_rule=qwen3", "data.max_frames=16", *STEPS)
+    ddp = _train(recipe(*steps, run="ddp"), tmp_path, "ddp", False)
+    fsdp = _train(recipe(*steps, run="fsdp"), tmp_path, "fsdp", True)
+    _assert_same_weights(ddp, fsdp, checkpoints[arch], "model.language_model.layers.0.mlp.up_proj.weight")

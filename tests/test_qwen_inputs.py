@@ -15,7 +15,7 @@ from framethink.errors import ConfigError
 from framethink.models.qwen_vl.inputs import QwenVisionProcessor, build_qwen_inputs
 from framethink.models.qwen_vl.tiny import TINY_IMAGE_PIXELS, TINY_VIDEO_PIXELS
 
-# Video-R1 training budgets (SPEC 2.2): image 4..256 * 28*28, video max 128 * 28*28.
+# Video-R1 training budgets (recipes/video-r1.yaml): image 4..256 * 28*28, video max 128 * 28*28.
 VIDEO_R1_TRAIN = dict(image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28, video_max_pixels=128 * 28 * 28)
 
 

@@ -1,4 +1,4 @@
-"""TinyLLaVA-Video model, connectors, checkpoint layouts and SigLIP frames (SPEC 2.3)."""
+"""TinyLLaVA-Video model, connectors, checkpoint layouts and SigLIP frames (docs/models.md)."""
 from __future__ import annotations
 
 import json

@@ -225,7 +225,7 @@ def test_rl_step_of_the_tinyllava_recipe(checkpoint, synth, tmp_path, monkeypatc
     rl = recipe.rl
     assert (rl.algorithm, rl.beta, rl.advantage_noise, rl.num_generations, rl.max_new_tokens) == (
         "grpo", 0.01, 0.02, 8, 512)
-    scheme = {"variant": "code", "ml": 1200, "r0": 0.5, "r1": 0.5, "r2": 1.0}  # SPEC 4.4, the code's behaviour
+    scheme = {"variant": "code", "ml": 1200, "r0": 0.5, "r1": 0.5, "r2": 1.0}  # docs/method.md#tinyllava-video-r1-reward, the code's
     assert [(r.name, r.params) for r in rl.rewards] == [("tinyllava", scheme)]
     assert (recipe.data.frame_rule, recipe.data.num_frames, recipe.data.template) == ("uniform", 16, TEMPLATE)
     assert recipe.model.freeze_vision and not recipe.model.freeze_connector and not recipe.model.freeze_lm

@@ -1,6 +1,6 @@
 """An offline Qwen-style tokenizer for tiny checkpoints (no download).
 
-A byte-level BPE trained with `tokenizers` on a small built-in corpus (the prompt templates of SPEC 3
+A byte-level BPE trained with `tokenizers` on a small built-in corpus (framethink's prompt templates
 plus English/QA text with options, colours, shapes, digits and letters), using Qwen2's own
 pre-tokenizer, normaliser and decoder (the pipeline transformers' `Qwen2Tokenizer` builds), so it
 behaves like the real one on any text. Qwen's special tokens follow the BPE vocabulary in Qwen's
@@ -56,7 +56,7 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-PROMPT_TEMPLATES = ("video-r1", "video-r1-eval", "tinyllava-r1", "option")  # SPEC 3, in templates/prompts.yaml
+PROMPT_TEMPLATES = ("video-r1", "video-r1-eval", "tinyllava-r1", "option")  # in templates/prompts.yaml
 
 _COLOURS = "red green blue yellow orange purple pink brown black white grey gray cyan magenta"
 _SHAPES = "square circle triangle rectangle star diamond line dot ball box cube"
@@ -64,7 +64,7 @@ _SHAPES = "square circle triangle rectangle star diamond line dot ball box cube"
 _QA_CORPUS = (
     "You are a helpful assistant.",
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the user's questions. USER: ASSISTANT:",  # TinyLLaVA's qwen2_base (SPEC 2.3)
+    "detailed, and polite answers to the user's questions. USER: ASSISTANT:",  # TinyLLaVA's qwen2_base (docs/models.md)
     "Question: What colour is the square in the video? Options:\nA. red\nB. green\nC. blue\nD. yellow\n",
     "Question: Which colour does the square show first? Which colour does it show last? Options:\n"
     "A. orange\nB. purple\nC. pink\nD. white\nE. black\n",
@@ -89,7 +89,7 @@ _QA_CORPUS = (
 
 
 def default_corpus() -> list[str]:
-    """The built-in training text: every prompt template of SPEC 3 (from the template data) plus `_QA_CORPUS`."""
+    """The built-in training text: every prompt template (from the template data) plus `_QA_CORPUS`."""
     texts = [sft_system()]
     for name in PROMPT_TEMPLATES:
         template = get_template(name)
