@@ -168,3 +168,14 @@ def test_check_benchmark_runs(tmp_path):
 
     result = bench_data_check.run(tmp_path, clips=6, workers=2)
     assert set(result["seconds"]) == {"one_process", "2_processes", "recheck_from_cache"}
+
+
+def test_a_frame_folder_is_a_video(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / "frames" / f"{i:05d}.png")
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([mc("frames"), mc("empty", problem_id=2), mc("frames", problem_id=3, data_type="image")]))
+    report = check_dataset(path, workers=2)
+    assert [(e.where, e.field) for e in report.errors] == [("[1]", "path"), ("[2]", "path")]
+    assert "holds no" in report.errors[0].reason and "not a regular file" in report.errors[1].reason

@@ -9,16 +9,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from framethink.cli import main
@@ -35,10 +34,9 @@ from framethink.data.cot import (
 )
 from framethink.data.records import Record, load_records
 from framethink.data.synth import write_synthetic_dataset
-from framethink.data.video import write_video
+from framethink.data.video import sample_frames
 from framethink.errors import ConfigError, DataError
 from framethink.models import load_adapter
-from framethink.models.adapter import Decoding
 from framethink.rewards import accuracy_reward, video_r1_format
 from framethink.sft.trainer import train_sft
 
@@ -244,77 +242,61 @@ def test_two_processes_under_torchrun_write_one_result(synth, teacher, tmp_path)
 # ------------------------------------------------------------------------------------------ endpoint teacher
 
 
-class ChatServer(ThreadingHTTPServer):
-    """A loopback OpenAI chat-completions server answering from a tiny framethink model: the image parts are the
-    frames of one video (written to a clip at the rate their times give), the text parts the question."""
-
-    def __init__(self, model: Path, folder: Path) -> None:
-        super().__init__(("127.0.0.1", 0), ChatHandler)
-        self.adapter = load_adapter(model)
-        self.folder, self.requests, self.lock = folder, [], threading.Lock()
-
-    def complete(self, payload: dict) -> dict:
-        (message,) = payload["messages"]
-        texts = [p["text"] for p in message["content"] if p["type"] == "text"]
-        frames = [np.array(Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))))
-                  for p in message["content"] if p["type"] == "image_url"]
-        times = [float(t.split(" at ")[1].rstrip("s:")) for t in texts[:-1]]
-        with self.lock:  # one generate at a time on the model
-            self.requests.append({"texts": texts, "frames": len(frames), "times": times, "n": payload["n"]})
-            clip = self.folder / f"{len(self.requests)}.mp4"
-            write_video(clip, np.stack(frames), round((len(times) - 1) / (times[-1] - times[0])))
-            question = Record(id="q", question=texts[-1], options=[], problem_type="free-form", answer="",
-                              solution="", media_kind="video", media=[clip])
-            prompt = self.adapter.encode(question, template="video-r1-eval")
-            completions = self.adapter.generate([prompt], [0] * payload["n"],
-                                                Decoding(max_new_tokens=payload["max_tokens"],
-                                                         temperature=payload["temperature"], top_p=payload["top_p"]),
-                                                generator=torch.Generator().manual_seed(payload["seed"]))
-            texts_out = self.adapter.decode(completions)
-        return {"id": "chatcmpl-1", "object": "chat.completion", "model": payload["model"],
-                "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                            for i, t in enumerate(texts_out)]}
+def test_endpoint_request_holds_each_frame_after_its_time(synth):
+    teacher = EndpointTeacher("http://127.0.0.1:1/v1", "tiny", cot_config(["max_frames=4"]))
+    assert teacher.url == "http://127.0.0.1:1/v1/chat/completions"
+    record = load_records(synth / "train.json")[0]
+    (message,) = teacher.messages(record)
+    parts = message["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url"] * 4 + ["text"]
+    assert [p["text"] for p in parts[:-1:2]] == ["Frame 1 at 0.00s:", "Frame 2 at 0.50s:", "Frame 3 at 1.00s:",
+                                                  "Frame 4 at 1.50s:"]
+    sent = np.stack([np.array(Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))))
+                     for p in parts[1::2]])
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    np.testing.assert_array_equal(sent, sample_frames(record.media[0], max_frames=4).frames)  # lossless
+    assert parts[-1]["text"].startswith(record.question) and "between the <think> and </think> tags" in parts[-1]["text"]
 
 
-class ChatHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        assert self.path == "/v1/chat/completions"
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        body = json.dumps(self.server.complete(payload)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_openai_endpoint_teacher(synth, tiny_qwen25_vl_dir, tmp_path, capsys):
-    server = ChatServer(tiny_qwen25_vl_dir, tmp_path)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+@pytest.fixture(scope="module")
+def served_teacher(teacher):
+    """`framethink serve` (OpenAI chat completions) running the teacher on 127.0.0.1; yields the base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "framethink.cli", "serve", "--model", str(teacher), "--port",
+                               str(port), "--served-model-name", "teacher", "--max-new-tokens", "48", "--max-samples",
+                               "2"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=5):
+                break
+        except OSError:
+            assert server.poll() is None, "framethink serve stopped: " + server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "framethink serve did not start"
+            time.sleep(0.5)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        out = tmp_path / "cot.json"
-        args = ["data", "cot", "--endpoint", url, "--served-model", "tiny", "--in", str(synth / "train.json"),
-                "--out", str(out), "--samples", "3", "--batch-size", "4", "max_new_tokens=16"]
-        assert main(args) == 0
-        assert "14 records: 0 kept" in capsys.readouterr().out
-        assert len(server.requests) == 14 and all(r["n"] == 3 for r in server.requests)
-        first = server.requests[0]  # 4 frames at 2 fps, each after its time, then the CoT prompt
-        assert first["frames"] == 4 and first["times"] == [0.0, 0.5, 1.0, 1.5]
-        assert first["texts"][:4] == ["Frame 1 at 0.00s:", "Frame 2 at 0.50s:", "Frame 3 at 1.00s:", "Frame 4 at 1.50s:"]
-        assert "between the <think> and </think> tags" in first["texts"][-1]
-        entries = journal_lines(out)
-        assert sorted(e["index"] for e in entries) == list(range(14)) and all(e["reason"] == "format" for e in entries)
-
-        teacher = EndpointTeacher(url, "tiny", cot_config())
-        assert teacher.url == url + "/chat/completions"
+        yield url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.terminate()
+        server.wait(timeout=60)
+        server.stderr.close()
+
+
+def test_openai_endpoint_teacher_against_framethink_serve(synth, served_teacher, tmp_path):
+    out = tmp_path / "cot.json"
+    assert main(["data", "cot", "--endpoint", served_teacher + "/v1", "--served-model", "teacher", "--in",
+                 str(synth / "train.json"), "--out", str(out), "--samples", "2", "--batch-size", "4",
+                 "max_new_tokens=48"]) == 0
+    summary = json.loads((work_dir(out) / "summary.json").read_text())
+    assert summary["teacher"] == {"endpoint": served_teacher + "/v1/chat/completions", "served_model": "teacher"}
+    entries = journal_lines(out)
+    assert sorted(e["index"] for e in entries) == list(range(14))  # every record answered, once
+    kept = [e for e in entries if e["status"] == "kept"]
+    assert {e["reason"] for e in entries} <= {"kept", "format", "accuracy"} and sum(summary["total"].values()) == 14
+    assert [r["problem_id"] for r in json.loads(out.read_text())] == sorted(e["index"] for e in kept)
 
 
 def test_endpoint_failure_stops_the_run_resumably(synth, tmp_path, capsys):

@@ -145,7 +145,7 @@ def _media_fault_of(key: tuple[Path, str]) -> str | None:
 
 
 def _media_fault(media: Path, kind: str) -> str | None:
-    if not media.is_file():
+    if not media.exists():  # a video may be a folder of frame images (verify_media checks its first one)
         return "no such file"
     try:
         verify_media(media, kind)
