@@ -53,7 +53,7 @@ def format_question(record: Record, template: str) -> str:
         raise ConfigError(f"prompt template {template!r} formats only {', '.join(tpl.suffix)} records; "
                           f"{record.origin or record.id} is {record.problem_type!r}")
     question = record.question
-    if record.problem_type == "multiple choice":
+    if record.problem_type == "multiple choice" and record.options:  # no options: the question already lists them
         question = tpl.choices.format(problem=record.question, options="\n".join(record.options))
     return tpl.prompt.format(Question=question) + tpl.suffix[record.problem_type]
 
