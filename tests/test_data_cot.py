@@ -25,6 +25,7 @@ from framethink.config import load_config
 from framethink.data.check import check_dataset
 from framethink.data.cot import (
     CotConfig,
+    annotated,
     EndpointTeacher,
     cot_config,
     judge,
@@ -95,6 +96,9 @@ def test_judge_keeps_the_best_passing_output_and_names_the_reason():
     outputs = ["<answer>B</answer>", "<think>hmm</think> <answer>A</answer>", "<think> it is a dog </think>\n<answer>B. dog</answer>"]
     verdict = judge(outputs, mc, thresholds)
     assert (verdict.kept, verdict.reason, verdict.sample, verdict.accuracy) == (True, "kept", 2, 1.0)
+    gold, teacher = (annotated(mc, verdict, Path("."), source) for source in ("gold", "teacher"))
+    assert gold["process"] == teacher["process"] == "<think>it is a dog</think>"
+    assert gold["solution"] == teacher["solution"] == "<answer>B</answer>"  # the teacher's "B. dog" as its letter
     assert judge(outputs[:2], mc, thresholds).reason == "accuracy"
     assert judge(["<answer>B</answer>", "B", "<think></think><answer>B</answer>"], mc, thresholds).reason == "format"
     # OCR: 1 - WER; 2 of 3 words right is 0.667 >= 0.6 by default, not >= 0.8

@@ -50,7 +50,7 @@ from framethink.data.records import PROBLEM_TYPES, Record, load_records
 from framethink.data.video import load_image
 from framethink.data.writing import atomic_write, record_object, records_text
 from framethink.errors import ConfigError, FramethinkError, VideoDecodeError
-from framethink.rewards import accuracy_reward, extract_answer, video_r1_format
+from framethink.rewards import accuracy_reward, extract_answer, normalize_option, video_r1_format
 
 REASONS = ("format", "accuracy", "media")  # why a record is dropped, in the order the table lists them
 SOLUTION_SOURCES = ("gold", "teacher")
@@ -182,8 +182,11 @@ def annotated(record: Record, verdict: Verdict, media_root: Path, solution: str)
     the teacher's answer."""
     obj = record_object(record, media_root)
     obj["process"] = f"<think>{_THINK_RE.search(verdict.output).group(1)}</think>"
-    if solution == "teacher":
-        obj["solution"] = f"<answer>{extract_answer(verdict.output)}</answer>"
+    if solution == "teacher":  # a kept option answer ("B. dog", "(B)") is written as its letter, as options are
+        answer = extract_answer(verdict.output)
+        if record.problem_type == "multiple choice":
+            answer = normalize_option(answer) or answer
+        obj["solution"] = f"<answer>{answer}</answer>"
     return obj
 
 
