@@ -118,6 +118,22 @@ def test_qwen3_5_has_no_deepstack_and_a_hybrid_cache(checkpoints, synth_records)
     assert "LinearAttention" in kinds[0] and "LinearAttention" not in kinds[1]
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_left_padding_changes_nothing(checkpoints, synth_records, mixed_records, arch):
+    """A prompt padded on the left in a batch (video, image and text prompts of different lengths) gets the log-probs
+    it gets alone: full attention masks the padding, and Qwen3.5's linear-attention layers see zeros there."""
+    adapter = load_adapter(checkpoints[arch])
+    prompts = [adapter.encode(r, template=TEMPLATE) for r in [*synth_records, *mixed_records]]
+    assert len({p.inputs["input_ids"].shape[1] for p in prompts}) > 2
+    tokens = torch.tensor(adapter.tokenizer("<think>red</think><answer>A</answer>")["input_ids"])
+    rows = list(range(len(prompts)))
+    batched = adapter.completion_logprobs(prompts, rows, tokens.expand(len(rows), -1))
+    for i, prompt in enumerate(prompts):
+        alone = adapter.completion_logprobs([prompt], [0], tokens[None])
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("arch, expected", [
     ("qwen3-vl", {"q_proj", "k_proj", "v_proj", "o_proj"}),
     ("qwen3.5", {"in_proj_qkv", "in_proj_z", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj"}),
