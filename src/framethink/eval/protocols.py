@@ -13,7 +13,6 @@ A prediction line whose item failed (status error) scores 0 with status error un
 """
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,15 +166,6 @@ def tinyllava_rule(line: dict) -> ItemScore | None:
     if pred == "random":
         return ItemScore("", (gold in choices) / len(choices), "unparsable", guessed=True)
     return scored(pred, pred == gold)
-
-
-def tinyllava_sampled(line: dict, rng: random.Random) -> float:
-    """One draw of the released rule (its `random.choice`), for checking the expected value in tests."""
-    choices = line.get("all_choices") or list(option_texts(line))
-    pred = tinyllava_parse(line["output"], choices)
-    if pred == "random":
-        pred = rng.choice(choices)
-    return float(pred == normalize_option(str(line["answer"])))
 
 
 # ---------------------------------------------------------------------------------------------

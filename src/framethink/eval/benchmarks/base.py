@@ -65,10 +65,6 @@ def scored(answer: str, score: float) -> ItemScore:
     return ItemScore(answer=answer, score=float(score), status="scored")
 
 
-def unparsable(answer: str = "", *, counted: bool = True) -> ItemScore:
-    return ItemScore(answer=answer, score=0.0, status="unparsable", counted=counted)
-
-
 def gold_letter(line: dict) -> str:
     """The gold option letter of a multiple-choice prediction line."""
     return str(line["answer"]).strip()

@@ -42,6 +42,8 @@ def load(root: Path) -> list[Record]:
         dims = Item(data.get(video_id, dict), file, video_id)
         video = root / "videos" / f"{video_id}.mp4"
         for dim in dims.obj:
+            if dim not in DIMENSIONS:
+                raise dims.error(dim, f"unknown dimension; the multi-choice task has {', '.join(DIMENSIONS)}")
             for index, obj in enumerate(dims.get(dim, list)):
                 item = Item(obj, file, f"{video_id}.{dim}[{index}]")
                 question, options = split_options(item)
