@@ -53,7 +53,9 @@ def any_process(flag: bool) -> bool:
     """True on every process when `flag` is true on at least one (one collective; no collective alone)."""
     if not distributed():
         return flag
-    value = torch.tensor([float(flag)])
+    # nccl reduces GPU tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
