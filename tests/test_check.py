@@ -12,7 +12,7 @@ from PIL import Image
 
 from framethink.cli import main
 from framethink.data.check import check_dataset
-from framethink.data.mediacache import MediaCache
+from framethink.data.mediacache import MIN_FILES_PER_WORKER, MediaCache
 
 
 def write_mp4(path: Path, frames: int = 6) -> Path:
@@ -122,25 +122,26 @@ def clip_rows(folder: Path, count: int) -> list[dict]:
 
 
 def test_parallel_check_equals_the_serial_one_and_writes_the_bad_records(tmp_path, capsys):
-    rows = clip_rows(tmp_path, 8)
+    rows = clip_rows(tmp_path, 34)  # two files missing or broken, enough left for two workers
+    assert 32 >= 2 * MIN_FILES_PER_WORKER
     (tmp_path / "3.mp4").write_bytes(b"not a video")
     (tmp_path / "5.mp4").unlink()
-    rows.append(mc("0.mp4", problem_id=8, options="A. red"))  # a schema fault next to media faults
+    rows.append(mc("0.mp4", problem_id=34, options="A. red"))  # a schema fault next to media faults
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     serial, parallel = check_dataset(path), check_dataset(path, workers=2)
     faults = [(e.where, e.field, e.reason) for e in serial.errors]
     assert faults == [(e.where, e.field, e.reason) for e in parallel.errors]
-    assert [(w, f) for w, f, _ in faults] == [("4", "path"), ("6", "path"), ("9", "options")]
-    assert (parallel.good, parallel.bad, parallel.media_files) == (6, 3, 8)
+    assert [(w, f) for w, f, _ in faults] == [("4", "path"), ("6", "path"), ("35", "options")]
+    assert (parallel.good, parallel.bad, parallel.media_files) == (32, 3, 34)
 
     report = tmp_path / "bad.jsonl"
-    assert main(["data", "check", str(path), "--workers", "2", "--no-cache", "--report", str(report)]) == 1
+    assert main(["data", "check", str(path), "--workers", "1", "--no-cache", "--report", str(report)]) == 1
     assert "3 bad records written to" in capsys.readouterr().out
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     assert [(b["where"], b["id"], [f["field"] for f in b["faults"]]) for b in lines] == [
-        ("4", "3", ["path"]), ("6", "5", ["path"]), ("9", None, ["options"])]
+        ("4", "3", ["path"]), ("6", "5", ["path"]), ("35", None, ["options"])]
     assert lines[1]["faults"][0]["reason"].endswith("5.mp4: no such file") and lines[0]["file"] == str(path)
 
 

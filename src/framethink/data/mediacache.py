@@ -26,6 +26,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS media (
     path TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (path, name))"""
 _HASH_BLOCK = 1 << 20
+MIN_FILES_PER_WORKER = 16
 
 
 def default_cache_path() -> Path:
@@ -147,14 +148,18 @@ def _call(job: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
 
 
 def _run(func: Callable[[Any], Any], calls: list[Any], workers: int) -> Iterable[tuple[int, Any]]:
-    """(index, func(calls[index])) in completion order; in this process when one worker is enough."""
-    if workers <= 1 or len(calls) <= 1:
+    """(index, func(calls[index])) in completion order; in this process when one worker is enough.
+
+    A worker is started only for every MIN_FILES_PER_WORKER files: starting one (a fresh interpreter importing the
+    decoders) costs more than checking a few small files."""
+    workers = min(workers, len(calls) // MIN_FILES_PER_WORKER)
+    if workers <= 1:
         for index, arg in enumerate(calls):
             yield index, func(arg)
         return
     chunk = max(1, min(64, len(calls) // (workers * 8)))
     # spawned, not forked: a fork of a process holding threads (tqdm's monitor, torch) may deadlock
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(calls))) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap_unordered(_call, [(func, i, arg) for i, arg in enumerate(calls)], chunksize=chunk)
 
 
