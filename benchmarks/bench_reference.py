@@ -12,7 +12,13 @@ design differs. Both start from the same weights, see the same records and take 
 framethink runs twice: as it trains (the frozen tower's output reused across the step's forwards) and with that
 reuse turned off (the whole encoder in every forward).
 
-    .venv/bin/python -m benchmarks.bench_reference
+`--arch` picks the tiny checkpoint's family: qwen2.5-vl (default) or qwen3-vl. For Qwen3-VL the reference design
+passes what that model's forward needs, as transformers' `Qwen3VLProcessor` outputs it and framethink's Qwen3 inputs
+build it (docs/inputs.md#qwen3-vl-and-qwen35-the-timestamp-text): `mm_token_type_ids`, one `video_grid_thw` row per
+clip, which the model splits into one vision block per temporal patch, each block preceded by its timestamp text in
+the prompt, and no `second_per_grid_ts`; the DeepStack features are its own forward's.
+
+    .venv/bin/python -m benchmarks.bench_reference [--arch qwen3-vl]
 """
 from __future__ import annotations
 
@@ -30,7 +36,6 @@ from benchmarks.common import (
     write_video_records,
 )
 from framethink.models.adapter import EncodedPrompt
-from framethink.models.qwen_vl.adapter import QwenVLAdapter
 from framethink.models.sampling import Completions
 from framethink.models.tiny import build_tiny
 from framethink.rl.advantages import compute_advantages, temporal_bonus
@@ -53,7 +58,8 @@ def collate(prompts: list[EncodedPrompt], pad_id: int, repeats: int = 1) -> dict
         for key in batch:
             batch[key][i, length - n:] = p.inputs[key][0]
     for key in PIXEL_KEYS:
-        batch[key] = torch.cat([p.inputs[key] for p in rows])
+        if key in rows[0].inputs:  # Qwen3-VL has no second_per_grid_ts
+            batch[key] = torch.cat([p.inputs[key] for p in rows])
     return batch
 
 
@@ -63,7 +69,9 @@ class ReferenceDesign:
     def __init__(self, run: FramethinkRun) -> None:
         self.run = run
         a = run.adapter
-        self.encoder = QwenVLAdapter(a.model, a.tokenizer, a.processor, frames=a.frames, frame_cache_size=0)
+        # the family's own adapter class builds the prompt inputs, without a frame cache
+        self.encoder = type(a)(a.model, a.tokenizer, a.processor, frames=a.frames, system=a.system,
+                               frame_cache_size=0)
         rl = run.config.rl
         self.generation = GenerationConfig(
             do_sample=True, temperature=rl.temperature, top_p=rl.top_p, top_k=0, max_new_tokens=rl.max_new_tokens,
@@ -148,16 +156,29 @@ class ReferenceDesign:
                          completion_tokens=int(done.mask.sum() + done_shuffled.mask.sum()), cpu=c3 - c0)
 
 
+# Per tiny architecture: the recipe's frame rule and video pixel bound for `frames` frames of size x size (Qwen3-VL's
+# bound counts the pixels of the whole clip), and the default frame side: a multiple of the resize factor (patch x
+# merge: 28, 32) giving both 16 merged tokens per temporal patch, 128 per 16-frame clip.
+ARCHS = {
+    "qwen2.5-vl": (lambda frames, size: ("data.frame_rule=qwen", f"data.video_max_pixels={size * size}"), 112),
+    "qwen3-vl": (lambda frames, size: ("data.frame_rule=qwen3", f"data.video_max_pixels={frames * size * size}"), 128),
+}
+
+
 def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: int = 64, frames: int = 16,
-        size: int = 112, steps: int = 4, warmup: int = 1, sizes: dict | None = None) -> dict:
+        size: int | None = None, steps: int = 4, warmup: int = 1, sizes: dict | None = None,
+        arch: str = "qwen2.5-vl") -> dict:
     """framethink, framethink with frozen-tower reuse turned off, and the reference design, each on its own copy of
-    the same checkpoint, on the same records (a fresh clip every prompt: no frame-cache hits)."""
-    model_dir = build_tiny("qwen2.5-vl", work / "model", seed=0, **(sizes or {}))
+    the same tiny `arch` checkpoint, on the same records (a fresh clip every prompt: no frame-cache hits); `size`
+    defaults to the arch's frame side."""
+    visual, default_size = ARCHS[arch]
+    size = size or default_size
+    model_dir = build_tiny(arch, work / "model", seed=0, **(sizes or {}))
     train_file = write_video_records(work / "clips", prompts * (warmup + steps), num_frames=frames, size=size)
     config = rl_config(model_dir, train_file, "rl.algorithm=tgrpo", f"rl.num_generations={g}",
                        f"rl.num_shuffled={gs}", f"rl.max_new_tokens={new_tokens}", "rl.temperature=1.0",
                        f"optim.prompts_per_step={prompts}", f"run.max_steps={warmup + steps}",
-                       f"data.max_frames={frames}", f"data.video_max_pixels={size * size}")
+                       f"data.max_frames={frames}", *visual(frames, size))
     steppers = {"framethink": FramethinkRun.build(config),
                 "framethink, no tower reuse": FramethinkRun.build(config, tower_reuse=False),
                 "reference": ReferenceDesign(FramethinkRun.build(config))}
@@ -166,9 +187,15 @@ def run(work: Path, *, prompts: int = 2, g: int = 8, gs: int = 4, new_tokens: in
         for name, stepper in steppers.items():
             times[name].append(stepper.step(i))
     ref = stats([t.cpu for t in times["reference"][warmup:]])
-    result = {"setting": {"prompts_per_step": prompts, "G": g, "G_shuffled": gs, "max_new_tokens": new_tokens,
-                          "frames": frames, "frame": f"{size}x{size}", "threads": torch.get_num_threads(),
-                          "visual_tokens_per_clip": frames // 2 * (size // 28) ** 2, "clock": CLOCK_NOTE}}
+    ours = steppers["framethink"]
+    prompt = ours.last_rollout.prompts[0].inputs  # an ordered clip's prompt, as every design's model received it
+    result = {"setting": {"arch": arch, "model_type": ours.adapter.model.config.model_type,
+                          "parameters": sum(p.numel() for p in ours.adapter.model.parameters()),
+                          "prompts_per_step": prompts, "G": g, "G_shuffled": gs,
+                          "max_new_tokens": new_tokens, "frames": frames, "frame": f"{size}x{size}",
+                          "threads": torch.get_num_threads(), "video_grid_thw": prompt["video_grid_thw"].tolist(),
+                          "visual_tokens_per_clip": int((prompt["mm_token_type_ids"] == 2).sum()),
+                          "prompt_tokens": prompt["input_ids"].shape[1], "clock": CLOCK_NOTE}}
     for name, ts in times.items():
         ts = ts[warmup:]
         cpu = stats([t.cpu for t in ts])
@@ -189,15 +216,17 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--size", type=int, default=None,
+                        help="frame side in pixels (default: qwen2.5-vl 112, qwen3-vl 128: 128 visual tokens per clip)")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--arch", choices=list(ARCHS), default="qwen2.5-vl", help="the tiny model's family")
     args = parser.parse_args()
     limit_threads(1)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp), prompts=args.prompts, new_tokens=args.new_tokens, frames=args.frames,
-                     size=args.size, steps=args.steps)
-    print_result("video T-GRPO step: framethink vs the reference design", result)
+                     size=args.size, steps=args.steps, arch=args.arch)
+    print_result(f"video T-GRPO step ({args.arch}): framethink vs the reference design", result)
     print("CPU seconds per step: " + ", ".join(
         f"{name} {result[name]['cpu_s']['median']:.2f} ({result[name]['speedup_vs_reference_cpu']:.2f}x, "
         f"{result[name]['vision_calls_per_step']} vision calls, {result[name]['clips_encoded_per_step']} clips)"

@@ -40,9 +40,13 @@ def test_trl_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
     assert result["framethink"]["mean_completion_length"] <= 2
 
 
-def test_reference_benchmark_counts_vision_encodings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch, sizes", [
+    ("qwen2.5-vl", SMALL_SIZES),
+    ("qwen3-vl", dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_intermediate_size=128)),
+])
+def test_reference_benchmark_counts_vision_encodings(tmp_path: Path, arch: str, sizes: dict) -> None:
     result = bench_reference.run(tmp_path, prompts=1, g=2, gs=1, new_tokens=2, frames=4, size=56, steps=1, warmup=0,
-                                 sizes=SMALL_SIZES)
+                                 sizes=sizes, arch=arch)
     ref, ours, no_reuse = result["reference"], result["framethink"], result["framethink, no tower reuse"]
     assert (ref["vision_calls_per_step"], ref["clips_encoded_per_step"]) == (2 + 1 + 2, 2 + 1 + 2 * 2)
     assert (no_reuse["vision_calls_per_step"], no_reuse["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
