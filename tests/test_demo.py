@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 from framethink.cli import main
 from framethink.data.records import load_records
@@ -16,7 +18,7 @@ pytest_plugins = ["fixtures_training"]
 TINY_DEMO = ["data.train_per_task=2", "data.test_per_task=1", "sft.run.max_steps=2", "rl.run.max_steps=2",
              "sft.optim.prompts_per_step=2", "rl.optim.prompts_per_step=2", "rl.rl.num_generations=2",
              "rl.rl.num_shuffled=2", "rl.rl.max_new_tokens=4", "eval.max_new_tokens=4", "sft.run.report_to=[none]",
-             "rl.run.report_to=[none]", "rl.run.sample_every=0"]
+             "rl.run.report_to=[none]", "rl.run.sample_every=0", "sft.run.log_every=1"]
 
 
 def test_fixed_options_list_every_colour_in_one_order(tmp_path):
@@ -75,3 +77,29 @@ def test_rl_choice_recipe_is_the_demo_with_the_choice_left_to_reward():
                  "rl.optim.schedule=constant", "rl.run.max_steps=200"]
     assert load_demo_config(RECIPES / "demo-rl-choice.yaml", []) == load_demo_config(None, overrides)
     assert load_demo_config(None, []) != load_demo_config(None, overrides)
+
+
+def test_demo_recipes_are_read_by_the_recipes_own_parser(tmp_path):
+    from framethink.demo import RECIPES, load_demo_config
+
+    recipe = tmp_path / "demo.yaml"
+    recipe.write_text((RECIPES / "demo.yaml").read_text().replace("lr: 1.0e-3", "lr: 1e-3"))
+    assert "lr: 1e-3" in recipe.read_text()
+    config = load_demo_config(recipe, ["rl.optim.lr=2e-4"])
+    assert config.sft.optim.lr == 1e-3 and isinstance(config.sft.optim.lr, float)  # plain YAML would give '1e-3'
+    assert config.rl.optim.lr == 2e-4
+
+
+def test_the_demo_does_not_import_the_command_line():
+    # the demo calls the evaluation runner itself: no cli <-> demo import cycle
+    probe = "import sys, framethink.demo; print('framethink.cli' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_curves_smooth_with_a_trailing_mean():
+    from framethink.demo import smoothed
+
+    nan = float("nan")
+    assert smoothed([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert smoothed([2.0, nan, 4.0], 3) == [2.0, 2.0, 3.0]  # steps that did not log the metric are skipped
+    assert smoothed([4.0, 8.0], 1) == [4.0, 8.0]

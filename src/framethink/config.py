@@ -239,8 +239,9 @@ def apply_override(data: dict, override: str) -> None:
     node[parts[-1]] = _parse_yaml(raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Load a recipe YAML, apply overrides, validate every key and value."""
+def read_recipe(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """A recipe file (none: an empty one) as a mapping, parsed as every recipe is (`1e-3` is a number), with
+    `key=value` overrides applied; the caller types it with `from_dict`."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -251,6 +252,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(f"recipe {path}: the top level must be a mapping")
     for override in overrides:
         apply_override(data, override)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Load a recipe YAML, apply overrides, validate every key and value."""
+    data = read_recipe(path, overrides)
     config = from_dict(TrainConfig, data)
     validate(config)
     return config

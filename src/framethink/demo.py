@@ -2,8 +2,9 @@
 
     synthesise the temporal video-QA set -> build a tiny model (or take --model)
     -> evaluate (untrained) -> SFT cold start -> evaluate -> T-GRPO -> evaluate
-each evaluation through `framethink eval run` on the held-out set with ordered, shuffled and reversed
-frames; then print the learning table and write `report.json`, `report.md` and `curves.png`.
+each evaluation through the evaluation runner (`framethink.eval.runner.evaluate`, what `framethink eval run` calls)
+on the held-out set with ordered, shuffled and reversed frames; then print the learning table and write
+`report.json`, `report.md` and `curves.png` (both stages' training curves with the held-out evaluations marked).
 
 The cold start teaches the answer format and a description of the clip that names the option letter of
 each colour it saw, but its answer slot is trained on a random option letter (`sft.answer: random`):
@@ -16,9 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from framethink.config import TrainConfig, apply_override, from_dict, save_config, validate
+from framethink.config import TrainConfig, from_dict, read_recipe, save_config, validate
 from framethink.errors import ConfigError
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -56,10 +55,7 @@ def load_demo_config(path: Path | None, overrides: list[str]) -> DemoConfig:
     path = path or RECIPES / "demo.yaml"
     if not path.is_file():
         raise ConfigError(f"demo recipe {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    for override in overrides:
-        apply_override(data, override)
-    config = from_dict(DemoConfig, data)
+    config = from_dict(DemoConfig, read_recipe(path, overrides))  # the recipes' own parser: 1e-3 is a number
     validate(config.sft)
     validate(config.rl)
     return config
@@ -67,19 +63,27 @@ def load_demo_config(path: Path | None, overrides: list[str]) -> DemoConfig:
 
 def evaluate_stage(model: Path, test_file: Path, out: Path, settings: DemoEval, *, temperature: float = 0.0,
                    orders: tuple[str, ...] = ORDERS, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Held-out accuracy per task and frame order, through `framethink eval run` (greedy by default;
-    temperature 1 measures the policy RL samples from)."""
-    from framethink.cli import main as cli
+    """Held-out accuracy per task and frame order (greedy by default; temperature 1 measures the policy RL samples
+    from), through the evaluation runner with the model's own template, frame rule and pixel bounds; the
+    predictions and report land in `out` as `framethink eval run --out out` would write them."""
+    import torch
 
-    scores: dict[str, dict[str, float]] = {}
+    from framethink.eval.benchmarks import load_benchmarks
+    from framethink.eval.runner import RunSettings, evaluate, template_for
+    from framethink.models import load_adapter
+    from framethink.models.adapter import Decoding
+
+    benchmarks = load_benchmarks([str(test_file)], None)
+    adapter = load_adapter(model)
+    decoding = Decoding(max_new_tokens=settings.max_new_tokens, temperature=temperature, top_p=1.0,
+                        do_sample=temperature > 0)
+    report: dict = {}
     for order in orders:
-        code = cli(["eval", "run", "--model", str(model), "--bench", str(test_file), "--out", str(out),
-                    "--frame-order", order, "--temperature", str(temperature), "--top-p", "1.0",
-                    "--max-new-tokens", str(settings.max_new_tokens), "--batch-size", str(settings.batch_size),
-                    "--seed", str(seed)])
-        if code != 0:
-            raise ConfigError(f"evaluation of {model} ({order} frames) failed with exit code {code}")
-    report = json.loads((out / "report.json").read_text())
+        torch.manual_seed(seed)  # sampled decoding is reproducible by seed, order by order
+        run = RunSettings(model=str(Path(model).resolve()), frames=None, max_pixels=None, mode="reason",
+                          template=template_for("reason", adapter), frame_order=order, decoding=decoding, seed=seed)
+        report = evaluate(adapter, benchmarks, out, run, batch_size=settings.batch_size)  # covers every order so far
+    scores: dict[str, dict[str, float]] = {}
     for order, run in report["runs"].items():
         for bench in run["benchmarks"].values():
             for task, group in bench["tasks"]["framethink"].items():  # the default protocol
@@ -87,22 +91,62 @@ def evaluate_stage(model: Path, test_file: Path, out: Path, settings: DemoEval, 
     return scores
 
 
-def plot_curves(metrics_file: Path, png: Path) -> None:
-    """Reward, accuracy, response length and temporal-bonus rate over RL steps."""
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (NaN values, steps that did not log the metric, skipped)."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1): i + 1] if v == v]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
+    return out
+
+
+def plot_curves(sft_metrics: Path, rl_metrics: Path, report: dict, png: Path, *, sft_steps: int, rl_steps: int) -> None:
+    """Both stages on one figure: the SFT loss, then RL's reward, sampled training accuracy, temporal-bonus rate and
+    response length; raw values faint, a trailing mean over ~1/20 of the run solid. The held-out evaluations are
+    marked where they were taken: temporal-task greedy accuracy before and after SFT (steps 0 and `sft_steps`) on
+    the loss panel (right axis), and greedy temporal and sampled all-task accuracy at RL's start and end (steps 0
+    and `rl_steps`) on the accuracy panel. A stage shorter than its logging interval has an empty panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    steps = [r["step"] for r in rows]
-    panels = [("reward/total", "total reward"), ("accuracy", "accuracy (sampled)"),
-              ("completion_length", "response length (tokens)"), ("temporal/bonus_rate", "temporal-bonus rate")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+    def series(file: Path, key: str) -> tuple[list[int], list[float]]:
+        rows = [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+        rows = [r for r in rows if key in r]
+        return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+    panels = [(sft_metrics, "loss/sft", "SFT loss", "SFT step"),
+              (rl_metrics, "reward/total", "RL reward (total)", "RL step"),
+              (rl_metrics, "accuracy", "RL accuracy", "RL step"),
+              (rl_metrics, "temporal/bonus_rate", "temporal-bonus rate", "RL step"),
+              (rl_metrics, "completion_length", "response length (tokens)", "RL step")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (file, key, title, xlabel) in zip(axes, panels):
+        steps, values = series(file, key)
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        ax.plot(steps, smoothed(values, max(1, len(values) // 20)), color="tab:blue", linewidth=1.6)
         ax.set_title(title)
-        ax.set_xlabel("RL step")
+        ax.set_xlabel(xlabel)
+    temporal, sampled = report["temporal_ordered"], report["sampled_mean"]
+
+    def mark(ax, steps: list[int], percents: list[float], style: str, color: str, label: str) -> None:
+        ax.plot(steps, [p / 100 for p in percents], style, color=color, label=label, markersize=7)
+        for step, percent in zip(steps, percents):
+            ax.annotate(f"{percent:.0f}%", (step, percent / 100), textcoords="offset points", xytext=(4, 5),
+                        fontsize=7, color=color)
+
+    held_out = axes[0].twinx()  # held-out accuracy before and after SFT, on the loss panel
+    mark(held_out, [0, sft_steps], [temporal["untrained"], temporal["sft"]], "o", "tab:red", "held-out temporal (greedy)")
+    held_out.set_ylim(-0.05, 1.1)
+    held_out.set_ylabel("held-out accuracy")
+    held_out.legend(loc="upper center", fontsize=7)
+    accuracy = axes[2]
+    mark(accuracy, [0, rl_steps], [temporal["sft"], temporal["rl"]], "o", "tab:red", "held-out temporal (greedy)")
+    mark(accuracy, [0, rl_steps], [sampled["sft"], sampled["rl"]], "s", "tab:green", "held-out all tasks (sampled)")
+    accuracy.plot([], [], color="tab:blue", label="training rollouts (sampled)")
+    accuracy.set_ylim(-0.05, 1.1)
+    accuracy.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -165,8 +209,9 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     sampled["rl"] = evaluate_stage(rl_model, test_file, out / "eval-rl-sampled", config.eval, temperature=1.0,
                                    orders=("ordered",), seed=seed)
 
-    plot_curves(out / "rl" / "metrics.jsonl", out / "curves.png")
     report = summarise(results, sampled, out / "rl" / "metrics.jsonl", config.data.tasks, seed)
+    plot_curves(out / "sft" / "metrics.jsonl", out / "rl" / "metrics.jsonl", report, out / "curves.png",
+                sft_steps=sft.run.max_steps, rl_steps=rl.run.max_steps)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     summary = render_summary(report, out)
     add_evaluation(rl_model, summary, source=f"`framethink demo` on its held-out synthetic clips (seed {seed})")
