@@ -258,3 +258,11 @@ def test_recipes_use_their_codes_kl_guard():
     assert (video_r1.kl_log_ratio_clamp, video_r1.kl_clamp, video_r1.beta) == (10.0, None, 0.04)
     tinyllava = loss_settings(load_config(recipes / "tinyllava-video-r1.yaml").rl)
     assert (tinyllava.kl_log_ratio_clamp, tinyllava.kl_clamp, tinyllava.beta) == (None, 100.0, 0.01)
+
+
+def test_completions_masked_out_entirely_are_not_counted():
+    # a truncated completion kept out of the loss (rl.mask_truncated) adds no row to the sequence mean
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    assert StepTotals.of(mask) == StepTotals(tokens=3.0, rows=2.0)
+    values = torch.tensor([[1.0, 3.0], [5.0, 5.0], [4.0, 0.0]])
+    assert aggregate(values, mask, "sequence", StepTotals.of(mask), 2).item() == pytest.approx((2.0 + 4.0) / 2)

@@ -28,9 +28,10 @@ NORMALIZATIONS = ("sequence", "token", "constant")
 
 @dataclass(frozen=True)
 class StepTotals:
-    """What one optimiser step normalises by: its completion tokens and rows summed over every micro-batch and
-    process, and the number of processes (the engine averages gradients over them, so each process's share of
-    the sum is scaled back up by it)."""
+    """What one optimiser step normalises by: its completion tokens and rows (those with a token in the loss: a
+    completion masked out entirely, e.g. a truncated one under `rl.mask_truncated`, is not counted) summed over
+    every micro-batch and process, and the number of processes (the engine averages gradients over them, so each
+    process's share of the sum is scaled back up by it)."""
 
     tokens: float
     rows: float
@@ -39,7 +40,7 @@ class StepTotals:
     @classmethod
     def of(cls, mask: Tensor) -> StepTotals:
         """The totals of a step that is this one batch on one process."""
-        return cls(tokens=float(mask.sum()), rows=float(mask.shape[0]))
+        return cls(tokens=float(mask.sum()), rows=float((mask.sum(-1) > 0).sum()))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,8 @@ def build_rollout(run: RLRun, groups: SampledGroups, metrics: dict[str, float]) 
 
 def step_totals(engine: TrainingRun, mask: torch.Tensor) -> StepTotals:
     """The step's completion tokens and rows over all its micro-batches and processes (one all-reduce)."""
-    tokens, rows = sum_over_processes([float(mask.sum()), float(mask.shape[0])], engine.accelerator.device)
+    local = StepTotals.of(mask)
+    tokens, rows = sum_over_processes([local.tokens, local.rows], engine.accelerator.device)
     return StepTotals(tokens=tokens, rows=rows, processes=engine.world)
 
 
