@@ -37,7 +37,6 @@ from framethink.data.records import Record, load_records
 from framethink.data.synth import write_synthetic_dataset
 from framethink.data.video import sample_frames
 from framethink.errors import ConfigError, DataError
-from framethink.models import load_adapter
 from framethink.rewards import accuracy_reward, video_r1_format
 from framethink.sft.trainer import train_sft
 
