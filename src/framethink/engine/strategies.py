@@ -86,7 +86,9 @@ class DataParallel:
         freezing or LoRA, then distribute the policy and build its optimiser."""
         initial = self._initial_copy(adapter.model) if reference else None
         if config.model.gradient_checkpointing:
-            adapter.model.gradient_checkpointing_enable()
+            # transformers 5.2x renamed it activation checkpointing (the old name warns); earlier 5.x has the old one
+            enable = getattr(adapter.model, "activation_checkpointing_enable", None)
+            (enable or adapter.model.gradient_checkpointing_enable)()
         params, lora = parameters.trainable_parameters(adapter, config)
         params = self._distribute(adapter, params)
         optimizer = self._wrap(adapter.model, parameters.build_optimizer(params, config.optim), config)
