@@ -1,5 +1,6 @@
 """Rule-based rewards (docs/method.md#rewards): answer accuracy by problem type, format, length shaping, registry."""
 from framethink.rewards.accuracy import (
+    ACCURACY_BY_TYPE,
     CORRECT_THRESHOLD,
     accuracy_reward,
     answer_accuracy,
@@ -26,6 +27,7 @@ from framethink.rewards.registry import (
 )
 
 __all__ = [
+    "ACCURACY_BY_TYPE",
     "CORRECT_THRESHOLD",
     "REWARDS",
     "CompletionGroup",

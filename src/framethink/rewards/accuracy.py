@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import jiwer
 from rouge_score import rouge_scorer
@@ -106,7 +107,8 @@ def regression_accuracy(pred: str, gold: str) -> float:
     return 1.0 - min(1.0, relative)
 
 
-_ACCURACY_BY_TYPE = {
+# problem type -> its accuracy rule (pred, gold) -> [0, 1]; a new problem type is one entry here
+ACCURACY_BY_TYPE: dict[str, Callable[[str, str], float]] = {
     "multiple choice": multiple_choice_accuracy,
     "numerical": numerical_accuracy,
     "OCR": ocr_accuracy,
@@ -117,9 +119,9 @@ _ACCURACY_BY_TYPE = {
 
 def answer_accuracy(pred: str, gold: str, problem_type: str) -> float:
     """Accuracy in [0, 1] of an already extracted answer against the gold answer (docs/method.md#accuracy-by-problem-type)."""
-    rule = _ACCURACY_BY_TYPE.get(problem_type)
+    rule = ACCURACY_BY_TYPE.get(problem_type)
     if rule is None:
-        raise ConfigError(f"unknown problem_type {problem_type!r}; known: {sorted(_ACCURACY_BY_TYPE)}")
+        raise ConfigError(f"unknown problem_type {problem_type!r}; known: {sorted(ACCURACY_BY_TYPE)}")
     return rule(pred, gold)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from framethink.config import TrainConfig
 from framethink.data.records import Record
 from framethink.engine import TrainingRun, micro_batches, sum_over_processes
 from framethink.models.adapter import EncodedPrompt
@@ -52,7 +53,7 @@ class RLRun:
     records: list[Record]
 
     @property
-    def config(self):
+    def config(self) -> TrainConfig:
         return self.engine.config
 
     @property
