@@ -19,7 +19,8 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from framethink.config import save_config
-from framethink.engine import check_engine_settings
+from framethink.engine import DataParallel, DeepSpeed, check_engine_settings
+from framethink.engine.strategies import select_strategy
 from framethink.errors import ConfigError
 
 pytest_plugins = ["fixtures_training"]
@@ -94,3 +95,12 @@ def test_zero3_refuses_mixed_records_and_accumulation_up_front(recipe, synth_rec
         check_engine_settings(config, mixed_records, _zero(3))
     with pytest.raises(ConfigError, match="optim.grad_accum=2"):
         check_engine_settings(recipe("optim.grad_accum=2"), synth_records, _zero(3))
+    # shards every node must read: no checkpoint per node
+    with pytest.raises(ConfigError, match="run.shared_filesystem=false: DeepSpeed"):
+        check_engine_settings(recipe("run.shared_filesystem=false"), synth_records, _zero(2))
+
+
+def test_the_strategy_follows_accelerate_s_deepspeed_stage():
+    zero2, zero3 = select_strategy(_zero(2)), select_strategy(_zero(3))
+    assert isinstance(zero2, DeepSpeed) and (zero2.stage, zero3.stage) == (2, 3)
+    assert type(select_strategy(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))) is DataParallel

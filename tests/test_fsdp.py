@@ -20,7 +20,8 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from framethink.config import save_config
-from framethink.engine import apply_lora, check_engine_settings
+from framethink.engine import FSDP2, apply_lora, check_engine_settings
+from framethink.engine.strategies import select_strategy
 from framethink.errors import ConfigError
 from framethink.models.qwen_vl.adapter import load_qwen_vl_adapter
 from framethink.models.tiny import build_tiny
@@ -110,3 +111,9 @@ def test_fsdp_refuses_mixed_records_up_front(recipe, synth_records, mixed_record
     check_engine_settings(recipe("optim.grad_accum=2"), synth_records, _cpu_processes())  # all video: fine
     with pytest.raises(ConfigError, match=r"FSDP needs records of one kind.*image \(e\.g\. .*\), text \(e\.g\. .*\), video"):
         check_engine_settings(config, mixed_records, _cpu_processes())
+    assert isinstance(select_strategy(_cpu_processes()), FSDP2)
+    with pytest.raises(ConfigError, match="run.shared_filesystem=false: FSDP"):  # shards every node must read
+        check_engine_settings(recipe("run.shared_filesystem=false"), synth_records, _cpu_processes())
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="FSDP version 1: framethink runs FSDP2"):
+        check_engine_settings(config, synth_records, _cpu_processes())
