@@ -168,11 +168,10 @@ class StepTimes:
 
 
 @dataclass
-class FramethinkRun:
-    """The state `train_rl` steps (the engine's `TrainingRun`: adapter, optimiser, schedule, RNG, reference
-    model; and the records), stepped by `rl_step` with its phases timed."""
+class FramethinkRun(RLRun):
+    """The run `train_rl` steps (the engine's `TrainingRun`: adapter, optimiser, schedule, RNG, reference model;
+    and the records), stepped by `rl_step` with its phases timed."""
 
-    run: RLRun
     last_rollout: Rollout | None = None
 
     @classmethod
@@ -185,7 +184,7 @@ class FramethinkRun:
                           num_records=len(records))
         if adapter_cls is not None or not tower_reuse:
             state.adapter = convert(state.adapter, adapter_cls or type(state.adapter), tower_reuse=tower_reuse)
-        return cls(RLRun(state, records))
+        return cls(state, records)
 
     @classmethod
     def from_adapter(cls, config: TrainConfig, adapter, records: list[Record], out: Path) -> FramethinkRun:
@@ -202,27 +201,15 @@ class FramethinkRun:
             optimizer=optimizer, scheduler=scheduler, generator=torch.Generator().manual_seed(config.run.seed),
             start_step=0, logger=RunLogger(out, ["none"], enabled=False), reference=reference,
         )
-        return cls(RLRun(state, records))
+        return cls(state, records)
 
     @property
     def state(self) -> TrainingRun:
-        return self.run.engine
-
-    @property
-    def adapter(self):
-        return self.state.adapter
-
-    @property
-    def config(self) -> TrainConfig:
-        return self.state.config
+        return self.engine
 
     @property
     def ref_model(self) -> torch.nn.Module | None:
-        return self.state.reference
-
-    @property
-    def records(self) -> list[Record]:
-        return self.run.records
+        return self.engine.reference
 
     def batch(self, step: int) -> list[Record]:
         """The step's records in the trainer's data order."""
@@ -233,7 +220,7 @@ class FramethinkRun:
         adapter = self.adapter
         with count_vision_calls(adapter.model, self.ref_model) as calls, time_method(adapter, "generate") as gen:
             c0 = time.process_time()
-            result = rl_step(self.run, self.batch(step), step)
+            result = rl_step(self, self.batch(step), step)
             c1 = time.process_time()
         self.last_rollout = result.rollout
         m = result.metrics
