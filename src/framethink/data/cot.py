@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,16 +327,23 @@ def work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def read_journal(work: Path) -> dict[int, dict]:
-    """Every complete journal line of every process, by record index (the first line of an index wins)."""
-    entries: dict[int, dict] = {}
+def journal_entries(work: Path) -> Iterator[dict]:
+    """Every complete journal line of every process, in file order (a record may repeat only if two runs wrote
+    at once, which the journal locks prevent; readers keep the first line of an index)."""
     for part in sorted(work.glob("rank*.jsonl")):
-        for line in part.read_bytes().split(b"\n"):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed run (or the empty string after the last newline)
-            entries.setdefault(entry["index"], entry)
+        with part.open("rb") as handle:
+            for line in handle:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the torn last line of a killed run
+
+
+def read_journal(work: Path) -> dict[int, dict]:
+    """The journal's entries by record index (the first line of an index wins)."""
+    entries: dict[int, dict] = {}
+    for entry in journal_entries(work):
+        entries.setdefault(entry["index"], entry)
     return entries
 
 
@@ -506,7 +513,8 @@ def run_cot(
             _start_header(work, header)
         writer = JournalWriter(work, rank)
         try:
-            done = read_journal(work)
+            _barrier(world)  # every process has cut its torn line before any reads what is done
+            done = {entry["index"] for entry in journal_entries(work)}
             todo = [i for i in range(len(records)) if i not in done and i % world == rank]
             if todo:
                 _annotate(records, todo, make_teacher(), writer, config, media_root, progress and rank == 0)
@@ -548,18 +556,23 @@ def _annotate(records: list[Record], todo: list[int], teacher: Teacher, writer: 
 
 
 def _assemble(records: list[Record], work: Path, out: Path, input_file: Path, teacher: dict) -> CotSummary:
-    entries = read_journal(work)
-    missing = [i for i in range(len(records)) if i not in entries]
+    """Write OUT from the journals, streamed (at 260k records the teacher outputs do not all fit in memory)."""
+    seen: set[int] = set()
+    kept: dict[int, dict] = {}
+    counts: dict[tuple[str, str], Counter] = {}
+    for entry in journal_entries(work):
+        if entry["index"] in seen:
+            continue
+        seen.add(entry["index"])
+        counts.setdefault((entry["source"] or "(none)", entry["problem_type"]), Counter())[entry["reason"]] += 1
+        if entry["status"] == "kept":
+            kept[entry["index"]] = entry["record"]
+    missing = [i for i in range(len(records)) if i not in seen]
     if missing:
         raise FramethinkError(f"{work}: records {missing[:5]} of {input_file} were not annotated by any process")
-    kept = [entries[i]["record"] for i in range(len(records)) if entries[i]["status"] == "kept"]
-    counts: dict[tuple[str, str], Counter] = {}
-    for i in range(len(records)):
-        entry = entries[i]
-        counts.setdefault((entry["source"] or "(none)", entry["problem_type"]), Counter())[entry["reason"]] += 1
     summary = CotSummary(input=str(input_file), out=str(out), teacher=teacher, counts=counts)
     atomic_write(work / "summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
-    atomic_write(out, records_text(kept, out))
+    atomic_write(out, records_text([kept[i] for i in sorted(kept)], out))
     return summary
 
 
