@@ -25,6 +25,7 @@ from framethink.config import load_config
 from framethink.data.check import check_dataset
 from framethink.data.cot import (
     CotConfig,
+    JournalWriter,
     annotated,
     EndpointTeacher,
     cot_config,
@@ -224,6 +225,18 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path, tiny_qwen25_v
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["problem_id"] for w in written] == [int(e["id"]) for e in sorted(lines, key=lambda e: e["index"])
                                                  if e["status"] == "kept"]
+
+
+def test_a_second_run_on_the_same_output_is_refused(synth, tiny_qwen25_vl_dir, tmp_path, capsys):
+    out = tmp_path / "cot.json"
+    work_dir(out).mkdir()
+    holder = JournalWriter(work_dir(out), 0)  # a run that is writing
+    try:
+        assert main(cot_args(tiny_qwen25_vl_dir, synth, out)) == 2
+        assert "another `data cot` run is writing this output" in capsys.readouterr().err
+    finally:
+        holder.close()
+    assert not out.exists()
 
 
 def test_two_processes_under_torchrun_write_one_result(synth, teacher, tmp_path):
