@@ -3,9 +3,10 @@
 Same tiny Qwen2.5-VL checkpoint, same image prompts (identical user text and image), same G, prompts per step,
 completion length, temperature / top-p, KL weight, optimiser and clipping, float32 and no gradient checkpointing
 on both sides. TRL is driven through its public
-trainer (`GRPOTrainer.train`) with a constant reward; framethink runs `train_rl`'s step body with its recipe
-rewards (both are negligible next to the model work). Image prompts, because TRL's video path drops the video
-from every forward but generation (ENVIRONMENT.md).
+trainer (`GRPOTrainer.train`) with a constant reward; framethink runs `framethink.rl.step.rl_step`, the step
+`train_rl` takes, with its recipe rewards (both are negligible next to the model work). Image prompts, because
+TRL 1.16's `GRPOTrainer` reads media only from its dataset's `image` / `images` columns (trl/trainer/grpo_trainer.py,
+`_signature_columns`): it has no video input.
 
     .venv/bin/python -m benchmarks.bench_trl
 """
@@ -16,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +61,7 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
         weight_decay=0.01, max_grad_norm=5.0, lr_scheduler_type="cosine", loss_type="grpo", scale_rewards="group",
         max_steps=warmup + steps, logging_steps=10_000, save_strategy="no", report_to="none", use_cpu=True,
         seed=0, disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False, bf16=False,  # fp32, as framethink
-        gradient_checkpointing=False,  # TRL's GRPO default is on; framethink's recipe runs without it here
+        activation_checkpointing=False,  # TRL's GRPO default is on; framethink's recipe runs without it here
     )
     clock = StepClock()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
@@ -71,7 +73,9 @@ def trl_step_seconds(model_dir: Path, records, template: str, *, prompts: int, g
         processing_class=AutoProcessor.from_pretrained(model_dir),
         callbacks=[clock],
     )
-    with count_vision_calls(trainer.model, trainer.ref_model) as calls:
+    with count_vision_calls(trainer.model, trainer.ref_model) as calls, warnings.catch_warnings():
+        # TRL 1.16's generation context reads the model's deprecated `is_gradient_checkpointing` itself
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         trainer.train()
     total = warmup + steps
     return {"seconds": clock.seconds[warmup:], "cpu": clock.cpu[warmup:], "vision_calls_per_step": calls[0] / total,
