@@ -7,10 +7,13 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from framethink.cli import main
 from framethink.data.records import load_records
 from framethink.data.synth import COLORS, write_synthetic_dataset
 from framethink.engine import make_accelerator, start_run
+from framethink.errors import ConfigError
 from framethink.models.registry import load_adapter
 from framethink.sft.trainer import mentioned_letters
 
@@ -58,12 +61,14 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"untrained", "sft", "rl"}
-    for stage in report["results"].values():
+    for name, stage in report["results"].items():
         assert set(stage) == {"color_first", "color_last", "color"}
-        assert all(set(orders) == {"ordered", "shuffled", "reversed"} for orders in stage.values())
+        evaluated = {"ordered"} if name == "untrained" else {"ordered", "shuffled", "reversed"}  # eval.untrained_orders
+        assert all(set(orders) == evaluated for orders in stage.values())
         assert all(0.0 <= v <= 100.0 for orders in stage.values() for v in orders.values())
     table = (out / "report.md").read_text()
     assert "| color_first | rl |" in table and "RL stage: mean training reward" in table
+    assert "| color_first | untrained |" in table and " | - | - |" in table  # not evaluated: marked, not invented
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
     assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out
@@ -88,6 +93,8 @@ def test_demo_recipes_are_read_by_the_recipes_own_parser(tmp_path):
     config = load_demo_config(recipe, ["rl.optim.lr=2e-4"])
     assert config.sft.optim.lr == 1e-3 and isinstance(config.sft.optim.lr, float)  # plain YAML would give '1e-3'
     assert config.rl.optim.lr == 2e-4
+    with pytest.raises(ConfigError, match="untrained_orders"):
+        load_demo_config(recipe, ["eval.untrained_orders=[sideways]"])
 
 
 def test_the_demo_does_not_import_the_command_line():
