@@ -19,9 +19,9 @@ import pytest
 
 from framethink.cli import main
 from framethink.models import load_adapter
-from framethink.serve.app import build_app
+from framethink.serve.app import build_app, serving_in_background
 from framethink.serve.session import ServeLimits
-from serve_helpers import colour_clip, running
+from serve_helpers import colour_clip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UPLOAD_LIMIT = 1_000_000  # bytes
@@ -124,7 +124,7 @@ def site(tmp_path_factory):
     colour_clip(examples / "red-then-blue.mp4")
     app = build_app(load_adapter(model), "tiny-qwen", examples=[examples / "red-then-blue.mp4"],
                     limits=ServeLimits(max_upload_bytes=UPLOAD_LIMIT, max_new_tokens=160))
-    with running(app) as url:
+    with serving_in_background(app) as url:
         yield url, root
 
 
@@ -151,11 +151,17 @@ def ask_with_upload(page: Browser, video: Path, question: str) -> None:
     page.type_into("#question textarea", question)
 
 
+def wait_for_video(page: Browser, name: str) -> None:
+    """Until the video input holds the file `name` (uploaded or picked)."""
+    page.wait_for(f"(document.querySelector('#video video')?.src || '').includes({json.dumps(name)})",
+                  what=f"{name} in the video input")
+
+
 def test_page_streams_the_reasoning_then_shows_answer_and_frames(site, page):
     url, _ = site
     assert "tiny-qwen" in page.js("document.body.innerText")
     page.js("document.querySelector('#examples button.gallery-item').click()")  # pick the example clip
-    page.wait_for("!!document.querySelector('#video video')", what="the example to load")
+    wait_for_video(page, "red-then-blue.mp4")
     page.type_into("#question textarea", "Which colour comes first?")
     page.type_into("#options textarea", "red, blue")
     # record every value the streamed box takes, sampled every few milliseconds inside the page
@@ -184,7 +190,7 @@ def test_a_bad_upload_shows_an_error_and_the_server_goes_on(site, page, tmp_path
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video" * 100)
     ask_with_upload(page, broken, "What happens?")
-    page.wait_for("!!document.querySelector('#video video')", what="the upload to finish")
+    wait_for_video(page, "broken.mp4")
     page.js("document.querySelector('#ask').click()")
     message = page.wait_for("(() => { const t = document.body.innerText; return t.includes('broken.mp4') && t; })()",
                             what="the error message")
@@ -193,7 +199,7 @@ def test_a_bad_upload_shows_an_error_and_the_server_goes_on(site, page, tmp_path
     # the page goes on: a good clip is answered
     page.js("document.querySelector('#video button[aria-label=\"Clear\"]')?.click()")
     ask_with_upload(page, site[1] / "examples" / "red-then-blue.mp4", "Which colour comes first?")
-    page.wait_for("!!document.querySelector('#video video')", what="the second upload to finish")
+    wait_for_video(page, "red-then-blue.mp4")
     page.js("document.querySelector('#ask').click()")
     page.wait_for("document.querySelectorAll('#frames-ordered img').length >= 4", timeout=180, what="the answer")
 

@@ -17,9 +17,9 @@ from PIL import Image
 
 from framethink.cli import build_parser, main
 from framethink.models import load_adapter
-from framethink.serve.app import build_app
+from framethink.serve.app import build_app, serving_in_background
 from framethink.serve.session import ServeLimits
-from serve_helpers import colour_clip, running
+from serve_helpers import colour_clip
 
 NAME = "tiny-qwen"
 LIMIT = 200_000  # bytes per request body
@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     assert main(["model", "tiny", "--arch", "qwen2.5-vl", "--out", str(model)]) == 0
     app = build_app(load_adapter(model), NAME, limits=ServeLimits(max_upload_bytes=LIMIT, max_new_tokens=24,
                                                                    max_samples=3))
-    with running(app) as url:
+    with serving_in_background(app) as url:
         yield url
 
 
@@ -209,8 +209,16 @@ def test_tinyllava_video_is_served_too(tmp_path):
     model = tmp_path / "tinyllava"
     assert main(["model", "tiny", "--arch", "tinyllava-video", "--out", str(model)]) == 0
     app = build_app(load_adapter(model), "tiny-llava", limits=ServeLimits(max_new_tokens=8))
-    with running(app) as url:
+    with serving_in_background(app) as url:
         for stream in (False, True):
             status, body = post(url, {**chat(frames_content(), stream=stream), "model": "tiny-llava", "max_tokens": 8})
             assert status == 200, body
         assert sse(body)[-1] == "[DONE]"
+
+
+def test_serve_benchmark_runs_and_every_way_decodes_the_same_text(tmp_path):
+    from benchmarks import bench_serve
+
+    result = bench_serve.run(tmp_path, requests=1, new_tokens=4, frames=4, size=28)
+    assert result["same_text_every_way"] and result["tokens"] <= 4
+    assert result["api_stream_first_piece"]["median"] <= result["api_stream"]["median"]

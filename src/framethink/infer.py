@@ -159,7 +159,7 @@ def ask(
         stream.end()
     texts = adapter.decode(completions)
     ended = torch.isin(completions.tokens, torch.tensor(sorted(eos))).any(-1)  # [N]
-    shown = {k: shown_frames(adapter, record, prompts[k].meta, frame_orders[k], seed) for k in set(row_prompt)}
+    shown = {k: shown_frames(adapter, record, prompts[k].meta, frame_orders[k]) for k in set(row_prompt)}
     return [
         Reply(frame_order=frame_orders[k], text=text, answer=extract_answer(text),
               finish_reason="stop" if bool(ended[row]) else "length", num_tokens=int(completions.lengths[row]),
@@ -169,24 +169,25 @@ def ask(
     ]
 
 
-def shown_frames(adapter: PolicyAdapter, record: Record, meta: dict, frame_order: str,
-                 seed: int) -> tuple[np.ndarray | None, list[float], float]:
-    """(frames [T, H, W, 3], their times in seconds, the sampling fps) in the order the model saw them. The clip
-    comes from the adapter's own clip cache (decoded once, by its frame rule); the order from the clip's
-    permutation (shuffled) or reversal, as the adapter applied it."""
+def shown_frames(adapter: PolicyAdapter, record: Record, meta: dict,
+                 frame_order: str) -> tuple[np.ndarray | None, list[float], float]:
+    """(frames [T, H, W, 3], their times in seconds, the sampling fps) in the order the model saw them: the clip
+    from the adapter's own clip cache (decoded once, by its frame rule), in the order the adapter's encoding
+    reported in `meta` (the permutation of a shuffled clip)."""
     if record.media_kind == "text":
         return None, [], 0.0
     if record.media_kind == "image":
         return load_image(record.media[0]).frames, [0.0], 0.0
-    clip = adapter.clips.read(record, frame_order, seed)  # the adapter's cached decode, reordered the same way
-    times = adapter.clips.sample(record).timestamps
+    sampled = adapter.clips.sample(record)
+    if meta.get("num_frames") != len(sampled.frames):
+        raise RuntimeError(f"{record.origin}: the model saw {meta.get('num_frames')} frames, the clip has "
+                           f"{len(sampled.frames)}")
+    order = np.arange(len(sampled.frames))
     if frame_order == "shuffled":
-        times = times[np.asarray(clip.meta["permutation"])]
+        order = np.asarray(meta["permutation"])
     elif frame_order == "reversed":
-        times = times[::-1]
-    if meta and meta.get("num_frames") != len(times):
-        raise RuntimeError(f"{record.origin}: the model saw {meta.get('num_frames')} frames, the clip has {len(times)}")
-    return clip.frames, [round(float(t), 3) for t in times], float(clip.fps)
+        order = order[::-1]
+    return sampled.frames[order], [round(float(t), 3) for t in sampled.timestamps[order]], float(sampled.fps)
 
 
 def format_times(times: Sequence[float]) -> str:

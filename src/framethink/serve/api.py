@@ -4,7 +4,8 @@ POST /v1/chat/completions answers in OpenAI's `chat.completion` format, or, with
 events: `data: {chat.completion.chunk}` lines, the first of each choice carrying the role, then one per text
 piece as it is generated, a last one with the finish reason, then `data: [DONE]`. GET /v1/models lists the served
 model. A request that cannot be answered gets OpenAI's error object with the field named in `param`, before any
-generation starts: bad media are decoded and checked first.
+generation starts: bad media are decoded and checked first. A failure after a stream began is sent as an error
+event before [DONE].
 """
 from __future__ import annotations
 
@@ -171,8 +172,11 @@ def stream_events(events: Iterator[Piece | Done], samples: int, *, name: str, re
                     yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}])
                 if include_usage:
                     yield chunk([], usage=_usage(event.replies))
-    except FramethinkError as err:
+    except FramethinkError as err:  # e.g. a video that decodes at its ends but not in the middle
         yield _event({"error": {"message": str(err), "type": "invalid_request_error", "param": None, "code": None}})
+    except Exception as err:  # the model failed: the client learns it, the server goes on
+        yield _event({"error": {"message": f"{type(err).__name__}: {err}", "type": "server_error", "param": None,
+                                "code": None}})
     yield _event("[DONE]")
 
 

@@ -6,7 +6,11 @@ binds 127.0.0.1 unless told otherwise: the page runs code on the machine's CPU/G
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -68,3 +72,27 @@ def serve(model: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, na
     app = build_app(adapter, name or Path(model).resolve().name, limits=limits, examples=videos)
     print(f"serving {model} on http://{host}:{port}/ (page) and http://{host}:{port}/v1 (API)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def serving_in_background(app: FastAPI, *, host: str = DEFAULT_HOST, start_timeout: float = 60.0) -> Iterator[str]:
+    """Serve `app` from a background thread at a free port of `host` while the block runs (tests, benchmarks,
+    notebooks); yields the base URL."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="framethink-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -54,9 +54,11 @@ class ModelSession:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def stream(self, record: Record, decoding: Decoding, *, frame_orders: Sequence[str] = ("ordered",),
-               samples: int = 1, seed: int = 0, template: str | None = None) -> Iterator[Piece | Done]:
-        """`Piece`s as they are generated, then `Done`. Generation runs in a worker thread; its exceptions are
-        raised here. Closing the iterator early (the client went away) stops the generation at its next token."""
+               samples: int = 1, seed: int = 0, template: str | None = None,
+               pieces: bool = True) -> Iterator[Piece | Done]:
+        """`Piece`s as they are generated (unless `pieces` is False), then `Done`. Generation runs in a worker
+        thread; its exceptions are raised here. Closing the iterator early (the client went away) stops the
+        generation at its next token."""
         events: queue.Queue[Any] = queue.Queue()
         gone = threading.Event()
 
@@ -70,8 +72,8 @@ class ModelSession:
                     if gone.is_set():
                         return
                     replies = ask(self.adapter, record, decoding, frame_orders=frame_orders, samples=samples,
-                                  seed=seed, template=template, on_text=lambda row, text: events.put(Piece(row, text)),
-                                  on_token=check)
+                                  seed=seed, template=template, on_token=check,
+                                  on_text=(lambda row, text: events.put(Piece(row, text))) if pieces else None)
                 events.put(Done(replies))
             except Cancelled:
                 pass
@@ -93,7 +95,7 @@ class ModelSession:
 
     def reply(self, record: Record, decoding: Decoding, **kwargs: Any) -> list[Reply]:
         """The replies of `stream`, once all are complete."""
-        for event in self.stream(record, decoding, **kwargs):
+        for event in self.stream(record, decoding, pieces=False, **kwargs):
             if isinstance(event, Done):
                 return event.replies
         raise RuntimeError("generation ended without a reply")
