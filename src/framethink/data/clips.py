@@ -24,7 +24,8 @@ def check_frame_order(frame_order: str) -> None:
 
 @dataclass(frozen=True)
 class FrameRule:
-    """How clips are sampled (SPEC 2.1): the Qwen-VL fps rule or exactly `num_frames` uniform frames."""
+    """How clips are sampled (docs/inputs.md, "Frame sampling"): the Qwen-VL fps rule or exactly `num_frames`
+    uniform frames."""
 
     rule: str = "qwen"
     fps: float = 2.0
@@ -61,7 +62,8 @@ class ClipReader:
         )
 
     def read(self, record: Record, frame_order: str = "ordered", seed: int = 0) -> Clip:
-        """The record's frames in `frame_order`; a shuffled clip uses one seeded permutation (SPEC 5)."""
+        """The record's frames in `frame_order`; a shuffled clip uses one seeded permutation (docs/method.md,
+        "T-GRPO")."""
         check_frame_order(frame_order)
         sampled = self.sample(record)
         frames = sampled.frames

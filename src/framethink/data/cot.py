@@ -390,7 +390,8 @@ def _start_header(work: Path, header: dict) -> None:
     if path.is_file():
         found = json.loads(path.read_text())
         flat_header, flat_found = _flatten(header), _flatten(found)
-        changed = [key for key in sorted(set(flat_header) | set(flat_found)) if flat_header.get(key) != flat_found.get(key)]
+        keys = sorted(set(flat_header) | set(flat_found))
+        changed = [key for key in keys if flat_header.get(key) != flat_found.get(key)]
         if changed:
             raise ConfigError(f"{work} holds a run with other settings: "
                               + ", ".join(f"{k} {flat_found.get(k)!r} (now {flat_header.get(k)!r})" for k in changed)

@@ -292,7 +292,8 @@ def _dedup(candidates: list[Candidate], hashes: dict[Path, str], names: list[str
         key = (tuple(hashes[m] for m in record.media), normalized_question(record.question))
         if key in first:
             duplicates[names[candidate.subset]] += 1
-            removed.append(_removal(candidate, names, "duplicate", f"same media and question as {first[key].record.origin}"))
+            detail = f"same media and question as {first[key].record.origin}"
+            removed.append(_removal(candidate, names, "duplicate", detail))
             continue
         first[key] = candidate
         kept.append(candidate)

@@ -1,4 +1,4 @@
-"""Prompt templates (SPEC section 3).
+"""Prompt templates (docs/data.md, "Prompts").
 
 The strings are data in `framethink/templates/prompts.yaml`, quoted exactly as the reference code
 has them. Templates: `video-r1` (RL training), `video-r1-eval` (evaluation and CoT generation wording),
@@ -41,12 +41,12 @@ def get_template(name: str) -> PromptTemplate:
 
 
 def sft_system() -> str:
-    """The explicit system message of Video-R1's CoT SFT (SPEC 3)."""
+    """The explicit system message of Video-R1's CoT SFT (docs/data.md, "Prompts")."""
     return _data()["sft_system"]
 
 
 def format_question(record: Record, template: str) -> str:
-    """The user text for a record (SPEC 3): the question (MC options inlined as the template says),
+    """The user text for a record (docs/data.md, "Prompts"): the question (MC options inlined as the template says),
     wrapped by the template's prompt, then the suffix of the record's problem type."""
     tpl = get_template(template)
     if record.problem_type not in tpl.suffix:
@@ -69,7 +69,7 @@ def build_messages(record: Record, template: str, *, system: str | None = None) 
 
 
 def sft_target(record: Record) -> str:
-    """The CoT-SFT assistant text `process + "\\n" + solution` (SPEC 3)."""
+    """The CoT-SFT assistant text `process + "\\n" + solution` (docs/data.md, "Prompts")."""
     if record.cot is None:
         file, _, where = record.origin.rpartition(":")
         raise DataError(file or record.id, where, "process", "an SFT record needs a <think> process")

@@ -1,4 +1,4 @@
-"""One typed record for every dataset format (SPEC section 1).
+"""One typed record for every dataset format (docs/data.md, "Record formats").
 
 Loaders for Video-R1 JSON/JSONL (1.1), TinyLLaVA-Video-R1 JSONL (1.2) and LLaVA conversations (1.3).
 A file ending in `.jsonl` holds one record per line; any other file holds one JSON list of records.
@@ -24,7 +24,7 @@ PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression
 MEDIA_KINDS = ("image", "video", "text")
 FORMATS = ("video-r1", "tinyllava", "llava")
 
-_ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)  # SPEC 4
+_ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)  # the answer rule of docs/method.md, "Rewards"
 _ANSWER_TAG_RE = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 _THINK_TAG_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
 _OPTION_RE = re.compile(r"([A-Z])\.")  # "A. cat" -> "A"
@@ -42,7 +42,7 @@ _LLAVA_FIELDS = ("id", "video", "image", "conversations")
 class Record:
     """A question about an image, a video or nothing, with its gold answer.
 
-    `answer` is the gold answer already extracted from `<answer>...</answer>` (SPEC 4);
+    `answer` is the gold answer already extracted from `<answer>...</answer>` (docs/method.md, "Rewards");
     `solution` keeps the raw string. `media` holds absolute paths resolved against the data root.
     `origin` is "file:line" (or "file:[index]") for error messages; `media_field` names the raw
     field the media path came from.
@@ -166,7 +166,7 @@ def _extra(obj: dict, known: tuple[str, ...]) -> dict:
 
 
 def _video_r1(obj: dict, faults: _Faults, root: Path) -> Record | None:
-    """SPEC 1.1: the native record; options are a separate list."""
+    """The Video-R1 record (the native format); options are a separate list."""
     pid = _field(obj, "problem_id", (int, str), faults)
     problem = _field(obj, "problem", str, faults)
     ptype = _problem_type(obj.get("problem_type"), faults)
@@ -189,7 +189,7 @@ def _video_r1(obj: dict, faults: _Faults, root: Path) -> Record | None:
 
 
 def _tinyllava(obj: dict, faults: _Faults, root: Path) -> Record | None:
-    """SPEC 1.2: options inlined in `problem`; problem_type ["reasoning"] is multiple choice."""
+    """The TinyLLaVA-Video-R1 record: options inlined in `problem`; problem_type ["reasoning"] is multiple choice."""
     pid = _field(obj, "problem_id", (int, str), faults)
     problem = _field(obj, "problem", str, faults)
     question, options = _split_options(problem) if problem is not None else (None, [])
@@ -212,7 +212,7 @@ def _tinyllava(obj: dict, faults: _Faults, root: Path) -> Record | None:
 
 
 def _llava(obj: dict, faults: _Faults, root: Path) -> Record | None:
-    """SPEC 1.3: one human turn (question, `<image>` placeholder removed, options inlined after
+    """A LLaVA conversation: one human turn (question, `<image>` placeholder removed, options inlined after
     "\\nOptions:\\n") and one gpt turn ("<think>...</think> <answer>...</answer>").
 
     problem_type is inferred: a single-letter answer with options present is multiple choice,
@@ -310,7 +310,7 @@ def _read(path: Path) -> Iterator[tuple[str, Any, DataError | None]]:
 def iter_record_results(
     path: str | Path, *, root: str | Path | None = None, fmt: str = "auto"
 ) -> Iterator[tuple[str, Record | None, list[DataError]]]:
-    """Parse every record of a dataset file (SPEC 1), never stopping at a fault.
+    """Parse every record of a dataset file, never stopping at a fault.
 
     Yields (origin, record, errors) per record: `record` is None exactly when `errors` is non-empty,
     and `errors` then holds every fault of that record. Media paths resolve against `root`
@@ -340,7 +340,7 @@ def iter_record_results(
 
 
 def load_records(path: str | Path, *, root: str | Path | None = None, fmt: str = "auto") -> list[Record]:
-    """All records of a dataset file (SPEC 1); raises the first `DataError` so a bad record stops
+    """All records of a dataset file; raises the first `DataError` so a bad record stops
     a run before it starts. See `iter_record_results` for `root` and `fmt`."""
     records = []
     for _, record, errors in iter_record_results(path, root=root, fmt=fmt):

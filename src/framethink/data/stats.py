@@ -103,9 +103,8 @@ class DatasetStats:
         source_w = max(6, *(len(r["source"]) for r in rows))
         type_w = max(12, *(len(r["problem_type"]) for r in rows))
         cells = [[_cell(r[m]) for m in shown] for r in rows]
-        widths = [max(len(METRICS[m][0] + (f" ({METRICS[m][1]})" if METRICS[m][1] else "")), *(len(c[i]) for c in cells))
-                  for i, m in enumerate(shown)]
         names = [METRICS[m][0] + (f" ({METRICS[m][1]})" if METRICS[m][1] else "") for m in shown]
+        widths = [max(len(name), *(len(c[i]) for c in cells)) for i, name in enumerate(names)]
         lines = [f"dataset {self.file}: {len(self.sources)} records; each cell: median / 90th percentile / max",
                  f"{'source':<{source_w}}  {'problem type':<{type_w}}  {'records':>7}  "
                  + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths))]

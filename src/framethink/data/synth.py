@@ -1,9 +1,10 @@
-"""Synthetic temporal video QA in the Video-R1 record format (SPEC 1.1), rendered with PyAV.
+"""Synthetic temporal video QA in the Video-R1 record format (docs/data.md, "Record formats"), rendered with PyAV.
 
 Each clip has `num_frames` frames of `size` x `size` pixels at CLIP_FPS = 2 frames per second. The Qwen-VL rule
-samples at 2 fps (SPEC 2.1), so with max_frames >= num_frames it keeps every rendered frame, as does the uniform
-rule with num_frames frames: whatever a question depends on is always in the sampled frames. Clips are lossless
-H.264, so decoded colours equal the rendered ones up to the YUV round trip, on any machine.
+samples at 2 fps (docs/inputs.md, "Frame sampling"), so with max_frames >= num_frames it keeps every rendered
+frame, as does the uniform rule with num_frames frames: whatever a question depends on is always in the sampled
+frames. Clips are lossless H.264, so decoded colours equal the rendered ones up to the YUV round trip, on any
+machine.
 
 Tasks (each record's `data_source`):
   color_first, color_last  the whole frame switches from one colour to another: which came first / last?
@@ -176,7 +177,7 @@ def write_synthetic_dataset(
     tasks: list[str] | None = None,
     fixed_options: bool = False,
 ) -> str:
-    """Render the synthetic temporal video-QA set: `out/train.json`, `out/test.json` (SPEC 1.1 records, paths
+    """Render the synthetic temporal video-QA set: `out/train.json`, `out/test.json` (Video-R1 records, paths
     "./videos/<split>/<id>.mp4" relative to `out`) and the clips. n_train / n_test are per task.
     Same arguments -> byte-identical JSON and identical decoded frames. Returns a printable summary.
     `fixed_options`: multiple-choice items list every value of their task in one canonical order (A-F for
@@ -273,7 +274,7 @@ def describe(item: SynthItem, options: tuple[str, ...]) -> str:
 
 
 def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) -> dict:
-    """The SPEC 1.1 record of one item, with a `process` chain of thought (the CoT-SFT format)."""
+    """The Video-R1 record of one item, with a `process` chain of thought (the CoT-SFT format)."""
     texts = option_texts(item, fixed_options)
     if texts:
         answer = ascii_uppercase[texts.index(item.answer)]

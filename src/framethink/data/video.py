@@ -1,4 +1,4 @@
-"""Frame decoding with PyAV and the visual-input rules of SPEC 2.1 (frame sampling) and 2.2 (smart resize).
+"""Frame decoding with PyAV and the frame-sampling rules of docs/inputs.md ("Frame sampling").
 
 Nothing here substitutes anything for a bad file: every failure raises `VideoDecodeError(path, reason)`.
 """
@@ -33,7 +33,7 @@ class SampledFrames:
     """Frames taken from one video (or one image).
 
     `fps` is the real sampling rate, T / frames-in-range * video fps (qwen-vl-utils' `sample_fps`); Qwen2.5-VL's
-    temporal M-RoPE needs it (SPEC 2.1). An image has fps 0.0: it has no time axis.
+    temporal M-RoPE needs it (docs/inputs.md, "Frame sampling"). An image has fps 0.0: it has no time axis.
     `timestamps` are source frame index / video fps, in seconds from the start of the video.
     `indices` may repeat (uniform rule on a clip shorter than the requested frame count).
     """
@@ -47,7 +47,8 @@ class SampledFrames:
 def smart_nframes(
     total_frames: int, video_fps: float, *, fps: float = 2.0, min_frames: int = 4, max_frames: int = 16
 ) -> int:
-    """Number of frames the Qwen-VL rule samples from `total_frames` frames at `video_fps` (SPEC 2.1).
+    """Number of frames the Qwen-VL rule samples from `total_frames` frames at `video_fps` (docs/inputs.md,
+    "Frame sampling").
 
     As qwen-vl-utils' `smart_nframes`: duration * fps, clamped to [ceil_even(min_frames), floor_even(max_frames)]
     and to `total_frames`, then floored to an even count.
@@ -95,7 +96,7 @@ def sample_frames(
     end: float | None = None,
     folder_fps: float = 3.0,
 ) -> SampledFrames:
-    """Decode the frames a model sees from one video (SPEC 2.1).
+    """Decode the frames a model sees from one video (docs/inputs.md, "Frame sampling").
 
     `path` is a video file or a folder of frame images (sorted by name) recorded at `folder_fps`, as
     MVBench's episodic_reasoning clips are (3 fps).
@@ -144,7 +145,7 @@ def sample_frames(
 
 
 def load_image(path: str | Path) -> SampledFrames:
-    """Decode one image as a single frame (SPEC 2.1), fps 0.0, timestamp 0, index 0.
+    """Decode one image as a single frame, fps 0.0, timestamp 0, index 0.
 
     RGBA is composited on white, other modes converted to RGB, as qwen-vl-utils' `to_rgb`.
     """
@@ -207,7 +208,7 @@ def verify_media(path: str | Path, kind: str) -> None:
 
 
 def permute_frames(frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """T-GRPO's shuffled clip (SPEC 5): frames in a seeded random order, and that order.
+    """T-GRPO's shuffled clip (docs/method.md, "T-GRPO"): frames in a seeded random order, and that order.
 
     For T > 1 the order is never the identity, so the shuffled group really lacks the temporal order.
     """
