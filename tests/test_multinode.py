@@ -1,12 +1,14 @@
 """Two "nodes" on one machine: torchrun --nnodes 2 with one process each, rendezvous on 127.0.0.1 (gloo).
 
 The run must end with the weights one process reaches on the same records, and write its checkpoints and
-export once on a filesystem both nodes share, or once on each node when `run.shared_filesystem=false`.
+export once on a filesystem both nodes share, or once on each node when `run.shared_filesystem=false` (and each
+node then resumes from its own copy).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,11 +77,19 @@ def test_two_nodes_train_like_one_process_and_write_once_per_run_or_per_node(rec
     assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES | {"rng-rank0.pt", "rng-rank1.pt"}
 
     # nodes without a shared filesystem: each node's first process writes a complete copy on its own disk
-    _train_on_two_nodes(tmp_path / "two.yaml", ["run.shared_filesystem=false", f"run.out={tmp_path / 'node0'}"],
-                        ["run.shared_filesystem=false", f"run.out={tmp_path / 'node1'}"])
+    per_node = [["run.shared_filesystem=false", f"run.out={tmp_path / f'node{rank}'}"] for rank in (0, 1)]
+    _train_on_two_nodes(tmp_path / "two.yaml", *per_node)
     for rank in (0, 1):
         node = tmp_path / f"node{rank}"
         assert {p.name for p in (node / "checkpoints" / "step-000001").iterdir()} == CHECKPOINT_FILES | {f"rng-rank{rank}.pt"}
         weights = load_file(node / "final" / "model.safetensors")
         assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in trained)
     assert (tmp_path / "node1" / "config.yaml").is_file() and not (tmp_path / "node1" / "metrics.jsonl").exists()
+
+    # each node resumes from its own copy of the step-1 checkpoint and ends where the uninterrupted run did
+    for rank in (0, 1):
+        shutil.rmtree(tmp_path / f"node{rank}" / "final")
+    _train_on_two_nodes(tmp_path / "two.yaml", *[[*overrides, "--resume"] for overrides in per_node])
+    for rank in (0, 1):
+        weights = load_file(tmp_path / f"node{rank}" / "final" / "model.safetensors")
+        assert all(torch.equal(weights[k], trained[k]) for k in trained)
