@@ -13,8 +13,9 @@ from framethink.data.video import write_video
 from framethink.errors import ConfigError
 from framethink.infer import ask, decoding_settings, option_list, question_record, run_infer
 from framethink.models import load_adapter
+from framethink.models.registry import tiny_archs
 
-ARCHS = ("qwen2.5-vl", "tinyllava-video")
+ARCHS = tuple(tiny_archs())  # every model family
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from framethink.cli import build_parser, main
 from framethink.models import load_adapter
+from framethink.models.registry import tiny_archs
 from framethink.serve.app import build_app, serving_in_background
 from framethink.serve.session import ServeLimits
 from serve_helpers import colour_clip
@@ -205,15 +206,18 @@ def test_request_media_are_removed_after_the_reply(server):
     assert leftovers() == []
 
 
-def test_tinyllava_video_is_served_too(tmp_path):
-    model = tmp_path / "tinyllava"
-    assert main(["model", "tiny", "--arch", "tinyllava-video", "--out", str(model)]) == 0
-    app = build_app(load_adapter(model), "tiny-llava", limits=ServeLimits(max_new_tokens=8))
+@pytest.mark.parametrize("arch", [a for a in tiny_archs() if a != "qwen2.5-vl"])  # qwen2.5-vl: the fixture
+def test_every_model_family_is_served(arch, tmp_path):
+    model = tmp_path / arch
+    assert main(["model", "tiny", "--arch", arch, "--out", str(model)]) == 0
+    app = build_app(load_adapter(model), arch, limits=ServeLimits(max_new_tokens=8))
     with serving_in_background(app) as url:
         for stream in (False, True):
-            status, body = post(url, {**chat(frames_content(), stream=stream), "model": "tiny-llava", "max_tokens": 8})
+            status, body = post(url, {**chat(frames_content(), stream=stream), "model": arch, "max_tokens": 8})
             assert status == 200, body
         assert sse(body)[-1] == "[DONE]"
+        image = chat([{"type": "image_url", "image_url": {"url": png((0, 200, 0))}}, {"type": "text", "text": "what?"}])
+        assert post(url, {**image, "model": arch, "max_tokens": 8})[0] == 200
 
 
 def test_serve_benchmark_runs_and_every_way_decodes_the_same_text(tmp_path):
