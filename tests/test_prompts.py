@@ -1,4 +1,4 @@
-"""Prompt templates (SPEC 3): the exact strings, option inlining, type suffixes, chat messages, SFT target."""
+"""Prompt templates (docs/data.md#prompts): the exact strings, option inlining, type suffixes, chat messages, SFT target."""
 from __future__ import annotations
 
 from importlib import resources
@@ -10,7 +10,7 @@ from framethink.data.prompts import build_messages, format_question, get_templat
 from framethink.data.records import Record
 from framethink.errors import ConfigError, DataError
 
-# Copied verbatim from SPEC section 3.
+# Copied verbatim from the Video-R1 and TinyLLaVA-Video-R1 reference code (docs/data.md#prompts).
 VIDEO_R1 = ("{Question}\nPlease think about this question as if you were a human pondering deeply. Engage in an "
             "internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it "
             "down', etc, or other natural language thought expressions It's encouraged to include self-reflection or "

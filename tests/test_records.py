@@ -1,4 +1,4 @@
-"""Dataset loaders (SPEC 1): the three formats, media resolution, origins and every typed fault."""
+"""Dataset loaders (docs/data.md#record-formats): the three formats, media resolution, origins and every typed fault."""
 from __future__ import annotations
 
 import json

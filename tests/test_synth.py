@@ -1,4 +1,4 @@
-"""The synthetic temporal video-QA set: records (SPEC 1.1), decoded clips agree with the answers, balance,
+"""The synthetic temporal video-QA set: records (docs/data.md#record-formats), decoded clips agree with the answers, balance,
 determinism, disjoint splits, and temporal items that shuffling makes ambiguous."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frame sampling (SPEC 2.1), smart resize (SPEC 2.2), decode errors and the T-GRPO permutation."""
+"""Frame sampling (docs/inputs.md#frame-sampling), smart resize (docs/inputs.md#pixel-budgets), decode errors and the T-GRPO permutation."""
 from __future__ import annotations
 
 import itertools

@@ -47,7 +47,7 @@ class LoraConfig:
 class ModelConfig:
     path: str = ""
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    freeze_vision: bool = True  # the vision tower (SPEC 6: frozen in TinyLLaVA; ZeRO-3-trained in Video-R1)
+    freeze_vision: bool = True  # the vision tower (frozen in TinyLLaVA-Video-R1; trained under ZeRO-3 in Video-R1: docs/method.md#recipes)
     freeze_connector: bool = False  # Qwen-VL merger / TinyLLaVA resampler
     freeze_lm: bool = False
     gradient_checkpointing: bool = False
@@ -60,7 +60,7 @@ class DataConfig:
     root: str | None = None
     template: str = "video-r1"
     system: str | None = None
-    frame_rule: str = "qwen"  # qwen | uniform (SPEC 2.1)
+    frame_rule: str = "qwen"  # qwen | qwen3 | uniform (docs/inputs.md#frame-sampling)
     fps: float = 2.0
     min_frames: int = 4
     max_frames: int = 16
@@ -84,7 +84,7 @@ class RewardSpec:
 
 @dataclass
 class RLConfig:
-    algorithm: str = "tgrpo"  # grpo | tgrpo (SPEC 5)
+    algorithm: str = "tgrpo"  # grpo | tgrpo (docs/method.md#t-grpo)
     num_generations: int = 8
     num_shuffled: int = 4  # G~ = G/2 shuffled-frame completions per video prompt (T-GRPO)
     temperature: float = 1.0
@@ -265,7 +265,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.frame_rule": ("qwen", "uniform"),
+    "data.frame_rule": ("qwen", "uniform", "qwen3"),
     "rl.algorithm": ("grpo", "tgrpo"),
     "rl.normalization": ("sequence", "constant", "token"),  # or unset: the policy loss's own
     "optim.schedule": ("cosine", "linear", "constant"),

@@ -3,7 +3,7 @@
 transformers' official Qwen-VL processors (the reference the tests compare against) need torchvision; the
 only wheel here is a CUDA build whose C extension cannot load on CPU torch, and `import torchvision` then
 fails with "operator torchvision::nms does not exist". Defining the two operator schemas first makes
-`torchvision.transforms.v2` work (ENVIRONMENT.md). The Makefile installs this module with a `.pth` line
+`torchvision.transforms.v2` work. The Makefile installs this module with a `.pth` line
 into the test virtualenv so that subprocesses (torchrun workers, CLI calls) get it too. framethink itself
 never imports torchvision, and its own virtualenv does not have it.
 """
