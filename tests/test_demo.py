@@ -56,16 +56,20 @@ def test_exported_models_keep_their_pixel_bounds(recipe, tmp_path):
     assert (processor.image_min_pixels, processor.image_max_pixels) == (784, 3136)
 
 
-def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
-    report = json.loads((out / "report.json").read_text())
+def check_demo_results(report: dict) -> None:
+    """Every stage scored every task in [0, 100]; the untrained model with ordered frames only (eval.untrained_orders)."""
     assert set(report["results"]) == {"untrained", "sft", "rl"}
     for name, stage in report["results"].items():
         assert set(stage) == {"color_first", "color_last", "color"}
-        evaluated = {"ordered"} if name == "untrained" else {"ordered", "shuffled", "reversed"}  # eval.untrained_orders
+        evaluated = {"ordered"} if name == "untrained" else {"ordered", "shuffled", "reversed"}
         assert all(set(orders) == evaluated for orders in stage.values())
         assert all(0.0 <= v <= 100.0 for orders in stage.values() for v in orders.values())
+
+
+def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
+    check_demo_results(json.loads((out / "report.json").read_text()))
     table = (out / "report.md").read_text()
     assert "| color_first | rl |" in table and "RL stage: mean training reward" in table
     assert "| color_first | untrained |" in table and " | - | - |" in table  # not evaluated: marked, not invented
