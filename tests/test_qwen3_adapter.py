@@ -17,6 +17,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig
 
 from framethink.config import ModelConfig, load_config
+from framethink.data.clips import FrameRule
 from framethink.data.video import sample_frames
 from framethink.engine import apply_lora
 from framethink.eval.benchmarks import load_benchmark
@@ -238,3 +239,18 @@ def test_fsdp_trains_like_data_parallel(checkpoints, recipe, tmp_path, arch):
     ddp = _train(recipe(*steps, run="ddp"), tmp_path, "ddp", False)
     fsdp = _train(recipe(*steps, run="fsdp"), tmp_path, "fsdp", True)
     _assert_same_weights(ddp, fsdp, checkpoints[arch], "model.language_model.layers.0.mlp.up_proj.weight")
+
+
+def test_the_checkpoints_video_processor_sets_the_default_frame_rule(checkpoints, tmp_path, synth_records):
+    """Without framethink.json a checkpoint samples frames by its own video processor's settings, as transformers'
+    Qwen3VLVideoProcessor does; a recipe's or the caller's frame rule wins."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(checkpoints["qwen3-vl"], path)
+    config = json.loads((path / "video_preprocessor_config.json").read_text())
+    assert (config["fps"], config["min_frames"], config["max_frames"]) == (2.0, 4, 768)
+    assert load_adapter(path).frames == FrameRule(rule="qwen3", fps=2.0, min_frames=4, max_frames=768)
+    (path / "video_preprocessor_config.json").write_text(json.dumps({**config, "fps": 1.0, "max_frames": 6}))
+    adapter = load_adapter(path)
+    assert adapter.frames == FrameRule(rule="qwen3", fps=1.0, min_frames=4, max_frames=6)
+    assert adapter.encode(synth_records[0], template=TEMPLATE).meta["num_frames"] == 4  # a 2 s clip at 1 fps: min 4
+    assert load_adapter(path, num_frames=2).frames.max_frames == 2

@@ -238,6 +238,8 @@ class Family:
     default_frames: FrameRule
     pixel_settings: tuple[str, ...]  # pixel-bound settings it reads (video_max_pixels, ...); any other is refused
     lora_targets: list[str] | str
+    # the frame rule a checkpoint's own processor configs give (their sampling settings); None: `default_frames`
+    checkpoint_frames: Callable[[Path], FrameRule] | None = None
 
 
 class AdapterBase:

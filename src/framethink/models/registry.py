@@ -66,6 +66,13 @@ def lora_targets(model: torch.nn.Module) -> list[str] | str:
     return family_of(model.config.model_type, type(model).__name__).lora_targets
 
 
+def default_frames(path: str | Path) -> FrameRule:
+    """The frame rule of the checkpoint at `path` when nothing else sets one: what its own processor configs say
+    where its family reads them (Qwen3-VL's video processor: fps, min and max frames), else its family's default."""
+    family = family_of(checkpoint_type(path), path)
+    return family.checkpoint_frames(Path(path)) if family.checkpoint_frames else family.default_frames
+
+
 def checkpoint_type(path: str | Path) -> str:
     config = Path(path) / "config.json"
     if not config.is_file():
@@ -110,15 +117,15 @@ def load_adapter(
     """The adapter for the checkpoint at `path`, from the family its config.json `model_type` names.
 
     Unset arguments fall back to what the checkpoint says: its `framethink.json` (template, system, frame rule)
-    and its processor configs (pixel bounds), then to the family's defaults (Qwen-VL: the fps rule;
-    TinyLLaVA-Video: 16 uniform frames). `num_frames` caps the frames per clip (evaluation's --frames);
+    and its processor configs (pixel bounds; Qwen3-VL's sampling settings), then to the family's defaults (Qwen-VL:
+    the fps rule; TinyLLaVA-Video: 16 uniform frames). `num_frames` caps the frames per clip (evaluation's --frames);
     `max_pixels` (the recipe's `video_max_pixels`) bounds each video frame. A pixel bound the family does not read
     (TinyLLaVA-Video resizes every frame to its SigLIP size) is refused with ConfigError naming the setting.
     """
     trained = read_training_settings(path)
     model_type = checkpoint_type(path)
     family = family_of(model_type, path)
-    frames = frames or trained.get("frames") or family.default_frames
+    frames = frames or trained.get("frames") or default_frames(path)
     if num_frames is not None:
         frames = replace(frames, max_frames=num_frames, num_frames=num_frames)
     system = system if system is not None else trained.get("system")
