@@ -19,6 +19,7 @@ from benchmarks import bench_decode, bench_fastpaths, bench_gpu, bench_memory, b
 from benchmarks.common import FramethinkRun, PerRowAdapter, convert, rl_config, write_video_records
 from fixtures_models import SMALL_SIZES
 from framethink.models.adapter import Decoding
+from framethink.models.tiny import build_tiny
 
 TINY_GPU_SIZES = {  # bench_gpu's layout, at SMALL_SIZES
     "text_config": {"vocab_size": 832, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -52,6 +53,27 @@ def test_reference_benchmark_counts_vision_encodings(tmp_path: Path, arch: str, 
     assert (no_reuse["vision_calls_per_step"], no_reuse["clips_encoded_per_step"]) == (3, 2 + 1 + 1)
     assert (ours["vision_calls_per_step"], ours["clips_encoded_per_step"]) == (1, 2)
     assert ref["rows_per_step"] == ours["rows_per_step"] == no_reuse["rows_per_step"] == 3
+
+
+def test_reference_design_feeds_qwen3_vl_what_framethink_does(tmp_path: Path) -> None:
+    """The reference design's full-sequence forward on the processor's batched outputs (mm_token_type_ids, the
+    timestamp text, one grid per clip, no second_per_grid_ts; pixels repeated per row) gives framethink's log-probs.
+    (On Qwen2.5-VL the two differ by transformers' position rule, docs/inputs.md#positions.)"""
+    visual, _ = bench_reference.ARCHS["qwen3-vl"]
+    sizes = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_intermediate_size=128)
+    model_dir = build_tiny("qwen3-vl", tmp_path / "model", seed=0, **sizes)
+    train_file = write_video_records(tmp_path / "clips", 2, num_frames=6, size=64)
+    run = FramethinkRun.build(rl_config(model_dir, train_file, "data.max_frames=6", *visual(6, 64)))
+    design, adapter = bench_reference.ReferenceDesign(run), run.adapter
+    prompts = [design.encoder.encode(r, template=run.config.data.template) for r in run.records]
+    assert "second_per_grid_ts" not in prompts[0].inputs and prompts[0].inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    rows = [0, 0, 0, 1, 1, 1]
+    done = adapter.generate(prompts, rows, Decoding(max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = design.logprobs(adapter.model, bench_reference.collate(prompts, adapter.pad_id, repeats=3), done)
+    ours = adapter.completion_logprobs(prompts, rows, done.tokens)
+    mask = done.mask.bool()
+    torch.testing.assert_close(theirs[mask], ours[mask], rtol=1e-5, atol=1e-5)
 
 
 def test_decode_benchmark_matches_decord(tmp_path: Path) -> None:
