@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from peft.tuners.lora import LoraLayer
 
+from framethink.cli import main
 from framethink.config import LoraConfig, ModelConfig
 from framethink.engine import apply_lora
 from framethink.errors import ConfigError
 from framethink.models import load_adapter
-from framethink.models.registry import BY_MODEL_TYPE, FAMILIES, family_of, tiny_archs
+from framethink.models.registry import BY_MODEL_TYPE, BY_TINY_ARCH, FAMILIES, family_of, tiny_archs
 from framethink.models.tiny import build_tiny
 
 
@@ -74,3 +75,11 @@ def test_lora_adapts_the_familys_targets_when_the_recipe_names_none(tinyllava_di
     model = load_adapter(tiny_qwen25_vl_dir).model  # a recipe's own targets win
     apply_lora(model, ModelConfig(lora=LoraConfig(target_modules=["qkv"])), seed=0)
     assert all(name.endswith(".qkv") for name, m in model.named_modules() if isinstance(m, LoraLayer))
+
+
+@pytest.mark.parametrize("arch", tiny_archs())
+def test_cli_writes_a_tiny_checkpoint_of_every_registered_architecture(tmp_path, arch):
+    assert main(["model", "tiny", "--arch", arch, "--out", str(tmp_path / arch)]) == 0
+    model_type = json.loads((tmp_path / arch / "config.json").read_text())["model_type"]
+    assert family_of(model_type) is BY_TINY_ARCH[arch]
+    assert load_adapter(tmp_path / arch).model.config.model_type == model_type
