@@ -56,8 +56,6 @@ class DemoConfig:
 
 def load_demo_config(path: Path | None, overrides: list[str]) -> DemoConfig:
     path = path or RECIPES / "demo.yaml"
-    if not path.is_file():
-        raise ConfigError(f"demo recipe {path} does not exist")
     config = from_dict(DemoConfig, read_recipe(path, overrides))  # the recipes' own parser: 1e-3 is a number
     unknown = [o for o in config.eval.untrained_orders if o not in ORDERS]
     if unknown or not config.eval.untrained_orders:
