@@ -67,7 +67,7 @@ def inspect_inputs(
     `frames` caps the frames per clip, `fps` sets the sampling rate of a family that samples by fps and `max_pixels`
     bounds each video frame (the family's video_max_pixels), as the same settings of a recipe would; a setting the
     model's family does not read is a ConfigError naming it. `seed` decides a shuffled order."""
-    from framethink.models.registry import checkpoint_type, family_of, load_adapter, read_training_settings
+    from framethink.models.registry import default_frames, load_adapter, read_training_settings
 
     if (video is None) == (image is None):
         raise ConfigError("inspect needs exactly one of --video or --image")
@@ -78,7 +78,7 @@ def inspect_inputs(
     record = question_record(media, kind, question or DEFAULT_QUESTION[kind])
     rule = None
     if fps is not None:
-        rule = read_training_settings(model).get("frames") or family_of(checkpoint_type(model), model).default_frames
+        rule = read_training_settings(model).get("frames") or default_frames(model)
         if rule.rule == "uniform":
             raise ConfigError(f"--fps {fps}: {model} samples {rule.num_frames} uniform frames per clip (frame rule "
                               "'uniform'), not by fps; set the frame count with --frames")
