@@ -37,6 +37,27 @@ def test_fixed_options_list_every_colour_in_one_order(tmp_path):
     assert {r.answer for r in records if r.source == "color_first"} == set("ABCDEF")  # balanced gold letters
 
 
+def test_short_chains_of_thought_state_the_same_facts(tmp_path):
+    write_synthetic_dataset(tmp_path / "long", n_train=4, n_test=0, seed=3, num_frames=4, size=28,
+                            tasks=["color_first", "color_last", "color"], fixed_options=True)
+    write_synthetic_dataset(tmp_path / "short", n_train=4, n_test=0, seed=3, num_frames=4, size=28,
+                            tasks=["color_first", "color_last", "color"], fixed_options=True, cot="short")
+    for long, short in zip(load_records(tmp_path / "long/train.json"), load_records(tmp_path / "short/train.json")):
+        assert (long.question, long.answer, long.options) == (short.question, short.answer, short.options)
+        letters = mentioned_letters(long)
+        assert mentioned_letters(short) == letters  # the random cold start draws from the same letters
+        if long.source == "color":  # "the square is red. red is A." -> "colour? red A."
+            colour = long.cot.split("the square is ")[1].split(".")[0]
+            assert short.cot == f"<think>colour? {colour} {letters[0]}.</think>"
+        else:  # "the clip starts X and ends Y. X is L. Y is M." -> "first? X L then Y M."
+            start, end = long.cot.split("the clip starts ")[1].split(".")[0].split(" and ends ")
+            word = long.source.split("_")[1]
+            letter = {name: f"{chr(65 + i)}" for i, name in enumerate(COLORS)}
+            assert short.cot == f"<think>{word}? {start} {letter[start]} then {end} {letter[end]}.</think>"
+    with pytest.raises(ConfigError, match="chain-of-thought style"):
+        write_synthetic_dataset(tmp_path / "bad", n_train=1, n_test=0, seed=0, num_frames=4, size=28, cot="terse")
+
+
 def test_random_cold_start_letters_come_from_the_reasoning(synth_records):
     record = synth_records[0]  # "the clip starts X and ends Y. X is _. Y is _."
     letters = mentioned_letters(record)

@@ -35,6 +35,7 @@ class DemoData:
     frames: int = 16
     size: int = 56
     fixed_options: bool = True
+    cot: str = "sentences"  # the chains of thought: "sentences" or "short" (framethink.data.synth.describe)
 
 
 @dataclass
@@ -186,7 +187,8 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     if not (data_dir / "test.json").is_file():
         print(write_synthetic_dataset(data_dir, n_train=config.data.train_per_task, n_test=config.data.test_per_task,
                                       seed=seed, num_frames=config.data.frames, size=config.data.size,
-                                      tasks=config.data.tasks, fixed_options=config.data.fixed_options), flush=True)
+                                      tasks=config.data.tasks, fixed_options=config.data.fixed_options,
+                                      cot=config.data.cot), flush=True)
     train_file, test_file = data_dir / "train.json", data_dir / "test.json"
     if model is None:
         model = out / "model-init"

@@ -176,12 +176,14 @@ def write_synthetic_dataset(
     size: int = 56,
     tasks: list[str] | None = None,
     fixed_options: bool = False,
+    cot: str = "sentences",
 ) -> str:
     """Render the synthetic temporal video-QA set: `out/train.json`, `out/test.json` (Video-R1 records, paths
     "./videos/<split>/<id>.mp4" relative to `out`) and the clips. n_train / n_test are per task.
     Same arguments -> byte-identical JSON and identical decoded frames. Returns a printable summary.
     `fixed_options`: multiple-choice items list every value of their task in one canonical order (A-F for
     colours) instead of four drawn options; the gold letter stays balanced because the gold value is.
+    `cot`: the chains of thought as sentences or in the short style (`describe`).
     """
     names = list(TASKS) if tasks is None else list(tasks)
     unknown = [name for name in names if name not in TASKS]
@@ -191,6 +193,8 @@ def write_synthetic_dataset(
         raise ConfigError(f"frames per clip must be even and >= 4 (qwen samples an even count), got {num_frames}")
     if size < 28 or size % 2:
         raise ConfigError(f"frame size must be even (4:2:0 video) and >= 28, got {size}")
+    if cot not in COT_STYLES:
+        raise ConfigError(f"chain-of-thought style {cot!r} is not one of {', '.join(COT_STYLES)}")
     if n_train < 0 or n_test < 0 or seed < 0:
         raise ConfigError(f"item counts and seed must be >= 0, got train={n_train}, test={n_test}, seed={seed}")
     out = Path(out)
@@ -202,7 +206,7 @@ def write_synthetic_dataset(
         for problem_id, item in enumerate(items):
             path = f"./videos/{split}/{problem_id}.mp4"
             write_video(out / path, np.stack([render_scene(scene, size) for scene in item.scenes]), CLIP_FPS)
-            records.append(_record(item, problem_id, path, fixed_options))
+            records.append(_record(item, problem_id, path, fixed_options, cot))
         (out / f"{split}.json").write_text(json.dumps(records, indent=2) + "\n")
         counts[split] = Counter(item.task for item in items)
     lines = [
@@ -245,12 +249,18 @@ ASKED = {  # what the chain of thought says the question asks, restating it next
     "shape_first": "which shape came first", "shape_last": "which shape came last",
     "color": "the colour of the square", "direction": "where the square moved", "count": "how often the circle appeared",
 }
+COT_STYLES = ("sentences", "short")
+KEYWORD = {  # the short chain of thought restates the question in one word
+    "color_first": "first", "color_last": "last", "shape_first": "first", "shape_last": "last",
+    "color": "colour", "direction": "direction", "count": "count",
+}
 
 
-def describe(item: SynthItem, options: tuple[str, ...]) -> str:
+def describe(item: SynthItem, options: tuple[str, ...], style: str = "sentences") -> str:
     """A chain of thought that restates the question, describes the clip and names the option letter of what
     it saw, but does not say which option answers the question:
-    `<think>the question asks which colour came first. the clip starts red and ends blue. red is A. blue is C.</think>`.
+    `<think>the question asks which colour came first. the clip starts red and ends blue. red is A. blue is C.</think>`,
+    or with `style="short"` the same facts in the fewest tokens: `<think>first? red A then blue C.</think>`.
     The cold start can teach it while the choice of answer is left to reward."""
     first, last = item.scenes[0], item.scenes[-1]
     if item.task.startswith("color_"):
@@ -268,12 +278,15 @@ def describe(item: SynthItem, options: tuple[str, ...]) -> str:
     else:  # count: the description is the number of appearances
         seen = []
         text = f"the circle appears {item.answer} times."
+    if style == "short":
+        facts = " then ".join(f"{value} {ascii_uppercase[options.index(value)]}" for value in seen) or item.answer
+        return f"<think>{KEYWORD[item.task]}? {facts}.</think>"
     for value in seen:
         text += f" {value} is {ascii_uppercase[options.index(value)]}."
     return f"<think>the question asks {ASKED[item.task]}. {text}</think>"
 
 
-def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) -> dict:
+def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool, cot: str) -> dict:
     """The Video-R1 record of one item, with a `process` chain of thought (the CoT-SFT format)."""
     texts = option_texts(item, fixed_options)
     if texts:
@@ -290,7 +303,7 @@ def _record(item: SynthItem, problem_id: int, path: str, fixed_options: bool) ->
         "solution": f"<answer>{answer}</answer>",
         "path": path,
         "data_source": item.task,
-        "process": describe(item, texts),
+        "process": describe(item, texts, cot),
     }
 
 
