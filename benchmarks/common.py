@@ -30,6 +30,7 @@ from framethink.engine import (
     RunLogger, TrainingRun, build_optimizer, build_scheduler, make_accelerator, schedule_horizon, seed_everything,
     start_run, trainable_parameters,
 )
+from framethink.engine.parameters import enable_activation_checkpointing
 from framethink.models.adapter import EncodedPrompt
 from framethink.models.base import CACHE_ARGUMENT, FrozenTowerCache, Prefill
 from framethink.models.qwen_vl.adapter import QwenVLAdapter
@@ -192,7 +193,7 @@ class FramethinkRun(RLRun):
         is a frozen copy of it, as `start_run` makes one."""
         reference = copy.deepcopy(adapter.model).eval().requires_grad_(False) if needs_reference(config) else None
         if config.model.gradient_checkpointing:
-            adapter.model.activation_checkpointing_enable()
+            enable_activation_checkpointing(adapter.model)
         params, lora = trainable_parameters(adapter, config)
         optimizer = build_optimizer(params, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, schedule_horizon(config, len(records), 1))

@@ -22,6 +22,7 @@ from framethink.models import build_tiny, load_adapter
 from framethink.models.adapter import Decoding
 from framethink.models.registry import BY_TINY_ARCH, family_of
 from framethink.rl.trainer import train_rl
+from framethink.engine.parameters import enable_activation_checkpointing
 
 pytest_plugins = ["fixtures_training"]
 TEMPLATE = "video-r1"
@@ -137,7 +138,7 @@ def test_vision_encoder_runs_once_per_prompt_batch(adapter, synth_records, monke
     assert len(seen) == 1 and torch.equal(seen[0], pixels)  # the 2 prompts' pixels, not 8 rows' worth
     adapter.completion_logprobs(prompts, rows, completions.tokens)
     assert len(seen) == 2 and torch.equal(seen[1], pixels)
-    adapter.model.gradient_checkpointing_enable()  # the whole-row path shares the features too
+    enable_activation_checkpointing(adapter.model)  # the whole-row path shares the features too
     adapter.model.train()
     adapter.completion_logprobs(prompts, rows, completions.tokens)
     assert len(seen) == 3 and torch.equal(seen[2], pixels)
@@ -169,7 +170,7 @@ def test_prefix_sharing_equals_the_per_row_path_in_log_probs_and_gradients(adapt
 
     shared, shared_grads = logprobs_and_gradients()
     assert calls == [(2, lp), (6, t - 1)]  # the 2 prompts once, then the rows' completion tokens
-    adapter.model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(adapter.model)
     whole, whole_grads = logprobs_and_gradients()
     assert calls[2:] == [(6, lp + t)]  # every row with its whole prompt, in one forward
     torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)

@@ -38,6 +38,7 @@ from framethink.models.tinyllava.adapter import TinyLlavaAdapter
 from framethink.models.tinyllava.convert import build_tiny_tinyllava, load_tinyllava
 from framethink.rl.trainer import train_rl
 from framethink.sft.trainer import build_target, sft_loss, train_sft
+from framethink.engine.parameters import enable_activation_checkpointing
 
 TEMPLATE = "tinyllava-r1"
 FRAMES = FrameRule(rule="uniform", num_frames=4)  # 4 frames x 15 SigLIP tokens -> 4 groups of 2 latents
@@ -181,7 +182,7 @@ def test_positions_count_from_each_rows_first_real_token_on_both_paths(adapter, 
     t = tokens.shape[1]
     adapter.model.train()
     adapter.completion_logprobs(prompts, rows, tokens)
-    adapter.model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(adapter.model)
     adapter.completion_logprobs(prompts, rows, tokens)
     (_, prefill), (_, completion), (_, per_row) = calls
     assert torch.equal(per_row[:, :lp], prefill[rows]) and torch.equal(per_row[:, lp:-1], completion)

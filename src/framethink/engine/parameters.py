@@ -29,6 +29,13 @@ def build_adapter(config: TrainConfig, device: str):
     )
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward. transformers 5.2x renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` (the old name warns); earlier 5.x releases have only the old name."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+
+
 def trainable_parameters(adapter, config: TrainConfig) -> tuple[list[torch.nn.Parameter], Any]:
     """Freeze switches, or LoRA adapters when enabled; returns (parameters, peft LoRA model or None)."""
     if config.model.lora.enabled:

@@ -86,9 +86,7 @@ class DataParallel:
         freezing or LoRA, then distribute the policy and build its optimiser."""
         initial = self._initial_copy(adapter.model) if reference else None
         if config.model.gradient_checkpointing:
-            # transformers 5.2x renamed it activation checkpointing (the old name warns); earlier 5.x has the old one
-            enable = getattr(adapter.model, "activation_checkpointing_enable", None)
-            (enable or adapter.model.gradient_checkpointing_enable)()
+            parameters.enable_activation_checkpointing(adapter.model)
         params, lora = parameters.trainable_parameters(adapter, config)
         params = self._distribute(adapter, params)
         optimizer = self._wrap(adapter.model, parameters.build_optimizer(params, config.optim), config)
