@@ -206,3 +206,15 @@ def test_lmms_eval_command_line_equals_framethink_eval(arch, lmms_eval_python, s
                 completion = adapter.generate([prompt], [0], decoding)
             assert value == pytest.approx(want, abs=1e-4)
             assert greedy == (completion.tokens[0, : int(completion.lengths[0])].tolist() == ids[0].tolist())
+
+
+def test_lmms_eval_protocol_matches_the_packages_own_task_functions(lmms_eval_python, tmp_path):
+    """The `lmms-eval` scoring protocol's comparisons against lmms-eval's own functions (tests/test_eval_protocols.py,
+    skipped in the test environment, which cannot hold lmms-eval's pins) run here inside the lmms-eval layer and must
+    pass there, not skip."""
+    tests = ["test_shared_lmms_eval_functions_match_the_package", "test_task_rules_match_the_package",
+             "test_multiple_choice_task_rules_match_the_package"]
+    done = _run([str(lmms_eval_python), "-m", "pytest", "-o", "addopts=", "-q", "-rs", "-p", "no:cacheprovider",
+                 str(REPO / "tests" / "test_eval_protocols.py"), "-k", " or ".join(tests)],
+                cwd=REPO, env=_offline_env(tmp_path))
+    assert f"{len(tests)} passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
