@@ -109,6 +109,15 @@ def test_rl_choice_recipe_is_the_demo_with_the_choice_left_to_reward():
     assert load_demo_config(None, []) != load_demo_config(None, overrides)
 
 
+def test_rl_short_recipe_is_the_choice_recipe_with_the_short_cold_start():
+    from framethink.demo import RECIPES, load_demo_config
+
+    overrides = ["data.cot=short", "sft.run.max_steps=200", "sft.optim.prompts_per_step=16",
+                 "rl.rl.max_new_tokens=24", "eval.max_new_tokens=24"]
+    choice = RECIPES / "demo-rl-choice.yaml"
+    assert load_demo_config(RECIPES / "demo-rl-short.yaml", []) == load_demo_config(choice, overrides)
+
+
 def test_demo_recipes_are_read_by_the_recipes_own_parser(tmp_path):
     from framethink.demo import RECIPES, load_demo_config
 
