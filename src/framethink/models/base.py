@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from abc import ABC, abstractmethod
 from types import MethodType
 from collections import OrderedDict
 from collections.abc import Callable
@@ -242,7 +243,7 @@ class Family:
     checkpoint_frames: Callable[[Path], FrameRule] | None = None
 
 
-class AdapterBase:
+class AdapterBase(ABC):
     """The shared part of every policy adapter (`framethink.models.adapter.PolicyAdapter`).
 
     A subclass sets `default_template`, calls `__init__` with its model and tokenizer, sets the ids
@@ -274,20 +275,22 @@ class AdapterBase:
         self.suppress_ids: list[int] = []  # tokens never sampled (vision special tokens)
 
     # ------------------------------------------------------------------ the family's part
+    @abstractmethod
     def encode(self, record: Any, *, template: str, frame_order: str = "ordered", seed: int = 0) -> EncodedPrompt:
-        raise NotImplementedError
+        """See the adapter protocol (framethink.models.adapter.PolicyAdapter)."""
 
+    @abstractmethod
     def pack(self, model: torch.nn.Module, prompts: list[EncodedPrompt], row_prompt: list[int]) -> PackedRows:
         """Rows [N, Lp], row i prompt `row_prompt[i]` left-padded, its vision features computed by `model` once per
         distinct prompt and shared by the prompt's rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _tower_weights(self, model: torch.nn.Module) -> list[torch.Tensor]:
         """The tensors a vision tower's output depends on (for frozen-tower reuse)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save_pretrained(self, out: Path) -> None:
-        raise NotImplementedError
+        """See the adapter protocol (framethink.models.adapter.PolicyAdapter)."""
 
     # ------------------------------------------------------------------ shared
     @property
@@ -313,7 +316,8 @@ class AdapterBase:
     def _forward(self, model: torch.nn.Module, rows: PackedRows, **kwargs: Any) -> torch.Tensor:
         """Logits of `model` over packed rows (`kwargs`: cache, use_cache, logits_to_keep)."""
         if rows.deepstack_visual_embeds is not None:
-            raise NotImplementedError(f"{type(self).__name__} packs DeepStack features but does not forward them")
+            # a family that packs DeepStack features must override this to feed them; dropping them would be silent
+            raise TypeError(f"{type(self).__name__} packs DeepStack features but its _forward does not feed them")
         inputs = {"inputs_embeds": rows.inputs_embeds, "attention_mask": rows.attention_mask}
         if rows.position_ids is not None:
             inputs["position_ids"] = rows.position_ids
