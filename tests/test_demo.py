@@ -93,29 +93,48 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     check_demo_results(json.loads((out / "report.json").read_text()))
     table = (out / "report.md").read_text()
     assert "| color_first | rl |" in table and "RL stage: mean training reward" in table
+    assert "the RL stage's own change, greedy, ordered frames: color_first " in table
     assert "| color_first | untrained |" in table and " | - | - |" in table  # not evaluated: marked, not invented
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
     assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out
 
 
-def test_rl_choice_recipe_is_the_demo_with_the_choice_left_to_reward():
-    # the recipe BENCHMARKS.md's command reproduces with overrides of demo.yaml: the two must not drift apart
+def test_rl_choice_recipe_is_the_gold_demo_with_the_choice_left_to_reward():
+    # the recipes BENCHMARKS.md's commands reproduce, stated as their differences: they must not drift apart
     from framethink.demo import RECIPES, load_demo_config
 
+    gold = RECIPES / "demo-gold.yaml"
     overrides = ["sft.sft.answer=random", "sft.run.max_steps=1500", "rl.optim.lr=3.0e-4",
                  "rl.optim.schedule=constant", "rl.run.max_steps=200"]
-    assert load_demo_config(RECIPES / "demo-rl-choice.yaml", []) == load_demo_config(None, overrides)
-    assert load_demo_config(None, []) != load_demo_config(None, overrides)
+    assert load_demo_config(RECIPES / "demo-rl-choice.yaml", []) == load_demo_config(gold, overrides)
+    assert load_demo_config(gold, []) != load_demo_config(gold, overrides)
 
 
-def test_rl_short_recipe_is_the_choice_recipe_with_the_short_cold_start():
+def test_the_demo_is_the_choice_recipe_with_the_short_cold_start_and_dynamic_sampling():
     from framethink.demo import RECIPES, load_demo_config
 
     overrides = ["data.cot=short", "sft.run.max_steps=200", "sft.optim.prompts_per_step=16",
-                 "rl.rl.max_new_tokens=24", "eval.max_new_tokens=24"]
+                 "rl.rl.max_new_tokens=24", "eval.max_new_tokens=24", "rl.rl.dynamic_sampling=true",
+                 "rl.run.max_steps=300", "data.test_per_task=300"]
     choice = RECIPES / "demo-rl-choice.yaml"
-    assert load_demo_config(RECIPES / "demo-rl-short.yaml", []) == load_demo_config(choice, overrides)
+    assert load_demo_config(None, []) == load_demo_config(choice, overrides)
+
+
+def test_rl_tasks_pick_the_records_the_rl_stage_trains_on(tmp_path):
+    from framethink.demo import load_demo_config, task_subset
+
+    write_synthetic_dataset(tmp_path, n_train=3, n_test=0, seed=0, num_frames=4, size=28,
+                            tasks=["color_first", "color_last", "color"], fixed_options=True, cot="short")
+    subset = task_subset(tmp_path / "train.json", ["color_first", "color_last"])
+    records = load_records(subset)  # beside train.json: the relative video paths still resolve
+    assert [r.source for r in records] == [r.source for r in load_records(tmp_path / "train.json")
+                                           if r.source != "color"]
+    assert len(records) == 6 and all(r.media[0].is_file() for r in records)
+    with pytest.raises(ConfigError, match="data.rl_tasks"):
+        load_demo_config(None, ["data.rl_tasks=[color_first,shape]"])
+    with pytest.raises(ConfigError, match="data.rl_tasks"):
+        load_demo_config(None, ["data.rl_tasks=[]"])
 
 
 def test_demo_recipes_are_read_by_the_recipes_own_parser(tmp_path):

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arch", default="qwen2.5-vl", help="architecture of the tiny model")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--recipe", type=Path, default=None,
-                      help="demo recipe (default: recipes/demo.yaml; recipes/demo-tinyllava.yaml for tinyllava-video)")
+                      help="demo recipe (default: recipes/demo.yaml; demo-tinyllava.yaml for tinyllava-video, "
+                           "demo-qwen3.yaml for qwen3-vl and qwen3.5)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     demo.set_defaults(func=_demo)
 
