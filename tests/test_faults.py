@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,17 @@ def test_a_nan_loss_skips_that_update_and_logs_its_prompts(recipe, tmp_path, nan
     assert len(event["prompts"]) == 1 and event["prompts"][0].endswith(f"({second}:[1])")
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2, 3] and "loss/sft" not in logged[1]
+
+
+def test_a_skipped_first_update_moves_the_schedule_without_a_warning(recipe, tmp_path, nan_in_forward):
+    nan_in_forward({0})  # step 1: the optimiser has not stepped yet when the schedule moves
+    config = recipe("run.max_steps=3", "optim.prompts_per_step=1", "optim.warmup_steps=2", "optim.lr=1e-3",
+                    "optim.schedule=constant")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "lr_scheduler.step() before optimizer.step()" would raise here
+        train_sft(config, quiet=True)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss/lr"] for m in logged] == pytest.approx([5e-4, 1e-3, 1e-3])  # the skip did not shift the warm-up
 
 
 def test_consecutive_nan_updates_write_a_checkpoint_and_stop(recipe, tmp_path, nan_in_forward):

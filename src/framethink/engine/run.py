@@ -7,6 +7,7 @@ import contextlib
 import math
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,15 @@ class TrainingRun:
             print(f"step {step + 1}: non-finite loss or gradient (gradient norm {norm}); update skipped. Prompts: "
                   f"{', '.join(prompts)}", file=sys.stderr, flush=True)
         return norm
+
+    def advance_schedule(self) -> None:
+        """Move the learning-rate schedule one training step, whether or not the step's update was skipped: the
+        schedule counts steps, so a skipped update does not shift the rest of it. torch warns when a schedule moves
+        before its optimiser ever stepped, which here is exactly a skipped first update, so that warning is expected
+        and silenced."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+            self.scheduler.step()
 
     def end_step(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """Average the step's metrics over processes, log them, write a checkpoint when due, and stop the run

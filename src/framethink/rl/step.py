@@ -175,7 +175,7 @@ def policy_update(engine: TrainingRun, rollout: Rollout) -> dict[str, float]:
             for key, value in diag.items():
                 diagnostics[key] = diagnostics.get(key, 0.0) + value.item() / (rl.num_iterations * len(parts))
         diagnostics["grad_norm"] = diagnostics.get("grad_norm", 0.0) + engine.optimizer_step() / rl.num_iterations
-    engine.scheduler.step()
+    engine.advance_schedule()
     diagnostics["lr"] = engine.scheduler.get_last_lr()[0]
     return diagnostics
 

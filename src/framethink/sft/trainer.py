@@ -139,7 +139,7 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
             targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
         total = sft_update(run, prompts, targets)
         grad_norm = run.optimizer_step()
-        run.scheduler.step()
+        run.advance_schedule()
         metrics = run.end_step(step, {"loss/sft": total, "loss/grad_norm": grad_norm,
                                       "loss/lr": run.scheduler.get_last_lr()[0], "time/update": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")
