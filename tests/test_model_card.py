@@ -67,4 +67,5 @@ def test_the_demo_export_carries_its_evaluation(tmp_path):
     data = out / "data" / "train.json"
     assert f"`{hashlib.sha256(data.read_bytes()).hexdigest()}`" in card
     assert "Measured by `framethink demo` on its held-out synthetic clips (seed 0)." in card
+    assert "rewards: accuracy x1, format x1, dynamic sampling (up to 3 refill rounds)" in card  # the demo's RL
     assert (out / "report.md").read_text().strip() in card  # the demo's table and summary, as it printed them

@@ -61,7 +61,9 @@ def _method(config: dict, stage: str) -> list[str]:
         rewards = ", ".join(f"{r['name']} x{r['weight']:g}" for r in rl.get("rewards", []))
         lines.append(f"- Stage: reinforcement learning, `{rl.get('algorithm')}` (advantage `{rl.get('advantage')}`, "
                      f"loss `{rl.get('loss')}`), {rl.get('num_generations')} completions per prompt, KL weight "
-                     f"{rl.get('beta')}, rewards: {rewards}")
+                     f"{rl.get('beta')}, rewards: {rewards}"
+                     + (f", dynamic sampling (up to {rl.get('max_sampling_rounds')} refill rounds)"
+                        if rl.get("dynamic_sampling") else ""))
     elif stage == "sft":
         lines.append(f"- Stage: supervised fine-tuning (chain-of-thought cold start; answer slot "
                      f"`{config.get('sft', {}).get('answer')}`)")
