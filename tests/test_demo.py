@@ -14,6 +14,7 @@ from framethink.data.records import load_records
 from framethink.data.synth import COLORS, write_synthetic_dataset
 from framethink.engine import make_accelerator, start_run
 from framethink.errors import ConfigError
+from framethink.eval.predictions import read_predictions
 from framethink.models.registry import load_adapter
 from framethink.sft.trainer import mentioned_letters
 
@@ -98,6 +99,22 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "rl/final/framethink.json").read_text())["template"] == "tinyllava-r1"
     assert "| task | stage | ordered | shuffled | reversed |" in capsys.readouterr().out
+
+
+def test_a_rerun_with_other_data_settings_renders_the_clips_again(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
+    first = (out / "model-init" / "model.safetensors").read_bytes()
+    assert len(load_records(out / "data" / "test.json")) == 3
+    assert main(["demo", "--out", str(out), "--seed", "1", *TINY_DEMO, "data.test_per_task=2"]) == 0
+    assert len(load_records(out / "data" / "test.json")) == 6  # not the first run's 3 clips
+    assert (out / "model-init" / "model.safetensors").read_bytes() != first  # seed 1's weights
+    assert json.loads((out / "inputs.json").read_text())["data"]["test_per_task"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # the second run's log alone
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 1
+    assert len(read_predictions(out / "eval-sft" / "ordered" / "predictions.jsonl").lines) == 6  # no stale answers
 
 
 def test_rl_choice_recipe_is_the_gold_demo_with_the_choice_left_to_reward():

@@ -14,7 +14,8 @@ something of its own to learn and its gain is measured separately from SFT's.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from framethink.config import TrainConfig, from_dict, read_recipe, save_config, validate
@@ -24,6 +25,10 @@ RECIPES = Path(__file__).parent / "recipes"
 # the default recipe of each other architecture
 ARCH_RECIPES = {"tinyllava-video": "demo-tinyllava.yaml", "qwen3-vl": "demo-qwen3.yaml", "qwen3.5": "demo-qwen3.yaml"}
 STAGES = ("untrained", "sft", "rl")
+# what one demo run writes besides its clips and initial model: a re-run into the same folder replaces all of it
+# (training logs append and evaluations resume, so a leftover would mix two runs)
+RUN_OUTPUTS = ("eval-untrained", "sft", "eval-sft", "eval-sft-sampled", "rl", "eval-rl", "eval-rl-sampled",
+               "report.json", "report.md", "curves.png", "sft-config.yaml", "rl-config.yaml")
 ORDERS = ("ordered", "shuffled", "reversed")
 
 
@@ -197,8 +202,19 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     config = load_demo_config(recipe, list(overrides))  # a recipe typo fails here, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if previous:
+        print(f"replacing the previous demo run in {out} (its models, evaluations and report)", flush=True)
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     data_dir = out / "data"
-    if not (data_dir / "test.json").is_file():
+    # the clips and the tiny model are reused by a re-run into the same folder only if they were made with the same
+    # settings: a changed recipe, seed or architecture re-renders and rebuilds instead of training on stale inputs
+    data = {key: value for key, value in asdict(config.data).items() if key != "rl_tasks"}  # rl_tasks: a filter
+    inputs = {"data": data, "seed": seed, "arch": arch}
+    stamp = out / "inputs.json"
+    fresh = not stamp.is_file() or json.loads(stamp.read_text()) != inputs
+    if fresh or not (data_dir / "test.json").is_file():
         print(write_synthetic_dataset(data_dir, n_train=config.data.train_per_task, n_test=config.data.test_per_task,
                                       seed=seed, num_frames=config.data.frames, size=config.data.size,
                                       tasks=config.data.tasks, fixed_options=config.data.fixed_options,
@@ -206,8 +222,9 @@ def run_demo(out: Path, *, model: Path | None = None, arch: str = "qwen2.5-vl", 
     train_file, test_file = data_dir / "train.json", data_dir / "test.json"
     if model is None:
         model = out / "model-init"
-        if not (model / "config.json").is_file():
+        if fresh or not (model / "config.json").is_file():
             build_tiny(arch, model, seed=seed)
+    stamp.write_text(json.dumps(inputs, indent=1))
     results: dict[str, dict] = {}
 
     print("== evaluating the untrained model", flush=True)
