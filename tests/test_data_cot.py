@@ -262,7 +262,9 @@ def test_endpoint_request_holds_each_frame_after_its_time(synth):
     teacher = EndpointTeacher("http://127.0.0.1:1/v1", "tiny", cot_config(["max_frames=4"]))
     assert teacher.url == "http://127.0.0.1:1/v1/chat/completions"
     record = load_records(synth / "train.json")[0]
-    (message,) = teacher.messages(record)
+    request = teacher.request(record)
+    assert set(request) == {"messages"}  # no frame rate unless asked: hosted APIs refuse unknown fields
+    (message,) = request["messages"]
     parts = message["content"]
     assert [p["type"] for p in parts] == ["text", "image_url"] * 4 + ["text"]
     assert [p["text"] for p in parts[:-1:2]] == ["Frame 1 at 0.00s:", "Frame 2 at 0.50s:", "Frame 3 at 1.00s:",
@@ -272,6 +274,18 @@ def test_endpoint_request_holds_each_frame_after_its_time(synth):
     assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
     np.testing.assert_array_equal(sent, sample_frames(record.media[0], max_frames=4).frames)  # lossless
     assert parts[-1]["text"].startswith(record.question) and "between the <think> and </think> tags" in parts[-1]["text"]
+
+
+def test_endpoint_request_can_carry_the_frames_sampling_rate(synth):
+    record = load_records(synth / "train.json")[0]
+    for max_frames in (4, 2):
+        teacher = EndpointTeacher("http://127.0.0.1:1/v1", "tiny", cot_config([f"max_frames={max_frames}",
+                                                                              "send_fps=true"]))
+        request = teacher.request(record)
+        sampled = sample_frames(record.media[0], max_frames=max_frames)
+        assert request["mm_processor_kwargs"] == {"fps": sampled.fps}
+        assert len(request["messages"][0]["content"]) == 2 * len(sampled.frames) + 1
+    assert sample_frames(record.media[0], max_frames=2).fps == 0.5 * sample_frames(record.media[0], max_frames=4).fps
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +319,7 @@ def test_openai_endpoint_teacher_against_framethink_serve(synth, served_teacher,
     out = tmp_path / "cot.json"
     assert main(["data", "cot", "--endpoint", served_teacher + "/v1", "--served-model", "teacher", "--in",
                  str(synth / "train.json"), "--out", str(out), "--samples", "2", "--batch-size", "4",
-                 "max_new_tokens=48"]) == 0
+                 "max_new_tokens=48", "send_fps=true"]) == 0  # the server reads the frames' rate
     summary = json.loads((work_dir(out) / "summary.json").read_text())
     assert summary["teacher"] == {"endpoint": served_teacher + "/v1/chat/completions", "served_model": "teacher"}
     entries = journal_lines(out)

@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 
 from framethink.cli import build_parser, main
+from framethink.data.clips import ClipReader, FrameRule
 from framethink.models import load_adapter
 from framethink.models.registry import tiny_archs
 from framethink.serve.app import build_app, serving_in_background
+from framethink.serve.media import chat_record
 from framethink.serve.session import ServeLimits
 from serve_helpers import colour_clip
 
@@ -73,6 +75,16 @@ def frames_content() -> list[dict]:
     for k in range(8):
         parts.append({"type": "image_url", "image_url": {"url": png((255, 0, 0) if k < 4 else (0, 0, 255))}})
     return parts
+
+
+def test_image_frames_are_timed_at_the_requests_frame_rate(tmp_path):
+    messages = [{"role": "user", "content": frames_content()}]
+    for fps, name in ((None, "default"), (0.5, "slow")):
+        (tmp_path / name).mkdir()
+        record = chat_record(messages, tmp_path / name, fps)
+        assert record.media_kind == "video" and record.extra == {"fps": fps or 2.0}
+        sampled = ClipReader(FrameRule(max_frames=8), cache_size=0).sample(record)  # the served model's reader
+        assert sampled.timestamps.tolist() == [k / (fps or 2.0) for k in range(8)]  # 0.5 s apart, or 2 s apart
 
 
 def sse(body: bytes) -> list:

@@ -81,6 +81,9 @@ class CotConfig:
     dtype: str = "auto"  # local teacher: auto = bfloat16 on a GPU, float32 on the CPU
     retries: int = 3  # endpoint: attempts after the first, with 1, 2, 4 ... s pauses
     timeout: float = 600.0  # endpoint: seconds per request
+    # endpoint: send a video's sampling rate as `mm_processor_kwargs.fps` (vLLM's field; `framethink serve` reads
+    # it to time the frames); off by default because hosted APIs refuse fields they do not know
+    send_fps: bool = False
 
 
 def parse_min_accuracy(values: list[str]) -> dict[str, float]:
@@ -242,8 +245,8 @@ class EndpointTeacher:
     """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, `framethink serve`, a hosted API).
 
     One request per record, `n` = samples; a video is sent as its sampled frames, each a base64 PNG image part
-    preceded by a text part with its time ("Frame 3 at 1.50s:"), then the question text. `batch_size` requests
-    are in flight at once.
+    preceded by a text part with its time ("Frame 3 at 1.50s:"), then the question text, and with `send_fps` the
+    frames' sampling rate. `batch_size` requests are in flight at once.
     """
 
     def __init__(self, url: str, served_model: str, config: CotConfig) -> None:
@@ -253,17 +256,21 @@ class EndpointTeacher:
         self.reader = ClipReader(FrameRule(max_frames=config.max_frames or 16), cache_size=0)
         self.identity = {"endpoint": self.url, "served_model": served_model}
 
-    def messages(self, record: Record) -> list[dict]:
-        """The chat messages of one record (raises VideoDecodeError for unusable media)."""
+    def request(self, record: Record) -> dict:
+        """The record's part of a request: its chat messages and, with `send_fps`, a video's sampling rate (raises
+        VideoDecodeError for unusable media)."""
         content: list[dict] = []
+        body: dict = {}
         if record.media_kind == "video":
             sampled = self.reader.sample(record)
             for number, (frame, time_s) in enumerate(zip(sampled.frames, sampled.timestamps), 1):
                 content += [{"type": "text", "text": f"Frame {number} at {time_s:.2f}s:"}, self._image_part(frame)]
+            if self.config.send_fps:
+                body["mm_processor_kwargs"] = {"fps": sampled.fps}
         elif record.media_kind == "image":
             content.append(self._image_part(load_image(record.media[0]).frames[0]))
         content.append({"type": "text", "text": format_question(record, self.config.template)})
-        return [{"role": "user", "content": content}]
+        return {"messages": [{"role": "user", "content": content}], **body}
 
     def _image_part(self, frame: np.ndarray) -> dict:
         image = Image.fromarray(frame)
@@ -283,12 +290,12 @@ class EndpointTeacher:
 
     def _answer_one(self, record: Record, samples: int, seed: int) -> list[str] | VideoDecodeError:
         try:
-            messages = self.messages(record)
+            request = self.request(record)
         except VideoDecodeError as err:
             return err
         outputs: list[str] = []
         while len(outputs) < samples:  # a server that ignores `n` answers once per request
-            payload = {"model": self.served_model, "messages": messages, "n": samples - len(outputs),
+            payload = {"model": self.served_model, **request, "n": samples - len(outputs),
                        "temperature": self.config.temperature, "top_p": self.config.top_p,
                        "max_tokens": self.config.max_new_tokens, "seed": seed + len(outputs)}
             reply = self._post(payload, record)
