@@ -30,12 +30,12 @@ from framethink.data.clips import check_frame_order
 from framethink.data.prompts import get_template
 from framethink.data.records import PROBLEM_TYPES, Record
 from framethink.data.video import FRAME_IMAGE_SUFFIXES
+from framethink.engine.parameters import DTYPES
 from framethink.errors import ConfigError
 from framethink.models import load_adapter
 from framethink.models.adapter import Decoding, EncodedPrompt
 
 MODEL_ID = "framethink"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUTPUTS = ("full", "answer")
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 
@@ -46,17 +46,6 @@ def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.FrameThink")
-
-
-def _flag(name: str, value: Any) -> bool:
-    """A boolean model argument (lmms-eval parses `key=true` into a bool, but a caller may pass a string)."""
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"model argument {name}={value!r} is not true or false")
 
 
 def _optional_int(name: str, value: Any) -> int | None:
@@ -140,14 +129,13 @@ class FrameThink(lmms):
         self.adapter = load_adapter(Path(pretrained), num_frames=_optional_int("frames", frames),
                                     max_pixels=_optional_int("max_pixels", max_pixels), dtype=DTYPES[dtype],
                                     device=device or "cpu")
-        self.adapter.model.eval()
         self.template = template or self.adapter.default_template
         formats = get_template(self.template).suffix  # an unknown name fails here, before any request
         if problem_type not in formats:
             raise ConfigError(f"template {self.template!r} formats only {', '.join(formats)} questions, not "
                               f"problem_type={problem_type!r}")
         self.problem_type, self.frame_order, self.output = problem_type, frame_order, output
-        self.max_new_tokens = _optional_int("max_new_tokens", max_new_tokens)
+        self.max_new_tokens = _optional_int("max_new_tokens", max_new_tokens) or 1024
         self.seed = _optional_int("seed", seed) or 0
         self.batch_size = max(1, _optional_int("batch_size", batch_size) or 1)
         self._images = tempfile.TemporaryDirectory(prefix="framethink-lmms-eval-")  # in-memory task images
@@ -197,15 +185,14 @@ class FrameThink(lmms):
             gen_kwargs = requests[indices[0]].args[1]
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            decoding = decoding_from(gen_kwargs, self.max_new_tokens or 1024)
+            decoding = decoding_from(gen_kwargs, self.max_new_tokens)
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start:start + self.batch_size]
                 prompts = []
                 for i in batch:
                     context, _, doc_to_visual, doc_id, task, split = requests[i].args
                     prompts.append(self._encode(self._record(context, doc_to_visual, doc_id, task, split)))
-                with torch.no_grad():
-                    texts = self.adapter.generate_texts(prompts, decoding)
+                texts = self.adapter.generate_texts(prompts, decoding)  # generate runs without gradients
                 for i, text in zip(batch, texts):
                     text = cut_at_stop(text, until)
                     results[i] = answer_of(text) if self.output == "answer" else text
@@ -219,8 +206,7 @@ class FrameThink(lmms):
         for request in requests:
             if len(request.args) == 2:  # lmms-eval's unconditional (mutual-information) form: text only
                 context, target = request.args
-                record = Record(id=f"{request.task_name}/unconditional/{request.doc_id}", question=context, options=[],
-                                problem_type=self.problem_type, answer="", solution="", media_kind="text", media=[])
+                record = self._record(context, None, request.doc_id, request.task_name, "unconditional")
             else:
                 context, target, doc_to_visual, doc_id, task, split = request.args
                 record = self._record(context, doc_to_visual, doc_id, task, split)
