@@ -117,6 +117,15 @@ def test_a_rerun_with_other_data_settings_renders_the_clips_again(tmp_path):
     assert len(read_predictions(out / "eval-sft" / "ordered" / "predictions.jsonl").lines) == 6  # no stale answers
 
 
+def test_a_bad_data_setting_fails_before_the_previous_run_is_replaced(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "rl").mkdir(parents=True)
+    (out / "report.md").write_text("the previous run")
+    assert main(["demo", "--out", str(out), *TINY_DEMO, "data.cot=shrot"]) == 2
+    assert "demo.yaml: data: chain-of-thought style 'shrot'" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "the previous run" and (out / "rl").is_dir()
+
+
 def test_rl_choice_recipe_is_the_gold_demo_with_the_choice_left_to_reward():
     # the recipes BENCHMARKS.md's commands reproduce, stated as their differences: they must not drift apart
     from framethink.demo import RECIPES, load_demo_config

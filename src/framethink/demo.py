@@ -73,6 +73,14 @@ def load_demo_config(path: Path | None, overrides: list[str]) -> DemoConfig:
     if rl_tasks is not None and (not rl_tasks or not set(rl_tasks) <= set(config.data.tasks)):
         raise ConfigError(f"{path}: data.rl_tasks {rl_tasks} must be a non-empty subset of data.tasks "
                           f"{config.data.tasks}")
+    from framethink.data.synth import check_synthetic_settings
+
+    data = config.data
+    try:  # the clips are rendered after the previous run's outputs are replaced: a bad setting must fail first
+        check_synthetic_settings(n_train=data.train_per_task, n_test=data.test_per_task, seed=0,
+                                 num_frames=data.frames, size=data.size, tasks=data.tasks, cot=data.cot)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: data: {err}") from None
     validate(config.sft)
     validate(config.rl)
     return config

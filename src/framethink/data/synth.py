@@ -166,6 +166,22 @@ def build_items(
     return splits
 
 
+def check_synthetic_settings(*, n_train: int, n_test: int, seed: int, num_frames: int, size: int, tasks: list[str],
+                             cot: str) -> None:
+    """The settings `write_synthetic_dataset` accepts (ConfigError naming the first bad one)."""
+    unknown = [name for name in tasks if name not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"tasks {tasks}: each must be one of {', '.join(TASKS)}, listed once")
+    if num_frames < 4 or num_frames % 2:
+        raise ConfigError(f"frames per clip must be even and >= 4 (qwen samples an even count), got {num_frames}")
+    if size < 28 or size % 2:
+        raise ConfigError(f"frame size must be even (4:2:0 video) and >= 28, got {size}")
+    if cot not in COT_STYLES:
+        raise ConfigError(f"chain-of-thought style {cot!r} is not one of {', '.join(COT_STYLES)}")
+    if n_train < 0 or n_test < 0 or seed < 0:
+        raise ConfigError(f"item counts and seed must be >= 0, got train={n_train}, test={n_test}, seed={seed}")
+
+
 def write_synthetic_dataset(
     out: Path,
     *,
@@ -186,17 +202,8 @@ def write_synthetic_dataset(
     `cot`: the chains of thought as sentences or in the short style (`describe`).
     """
     names = list(TASKS) if tasks is None else list(tasks)
-    unknown = [name for name in names if name not in TASKS]
-    if unknown or not names or len(set(names)) != len(names):
-        raise ConfigError(f"tasks {names}: each must be one of {', '.join(TASKS)}, listed once")
-    if num_frames < 4 or num_frames % 2:
-        raise ConfigError(f"frames per clip must be even and >= 4 (qwen samples an even count), got {num_frames}")
-    if size < 28 or size % 2:
-        raise ConfigError(f"frame size must be even (4:2:0 video) and >= 28, got {size}")
-    if cot not in COT_STYLES:
-        raise ConfigError(f"chain-of-thought style {cot!r} is not one of {', '.join(COT_STYLES)}")
-    if n_train < 0 or n_test < 0 or seed < 0:
-        raise ConfigError(f"item counts and seed must be >= 0, got train={n_train}, test={n_test}, seed={seed}")
+    check_synthetic_settings(n_train=n_train, n_test=n_test, seed=seed, num_frames=num_frames, size=size,
+                             tasks=names, cot=cot)
     out = Path(out)
     splits = build_items(names, n_train=n_train, n_test=n_test, seed=seed, num_frames=num_frames, size=size)
     counts: dict[str, Counter] = {}
