@@ -129,6 +129,20 @@ def test_a_skipped_first_update_moves_the_schedule_without_a_warning(recipe, tmp
     assert [m["loss/lr"] for m in logged] == pytest.approx([5e-4, 1e-3, 1e-3])  # the skip did not shift the warm-up
 
 
+def test_an_error_outside_a_record_gives_the_signal_handlers_back(recipe, monkeypatch):
+    # the demo calls the trainers in its own process: after any failure its Ctrl-C must be its own again
+    import framethink.sft.trainer as sft_trainer
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("an update failed")
+
+    monkeypatch.setattr(sft_trainer, "sft_update", fail)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="an update failed"):
+        train_sft(recipe("run.max_steps=2"), quiet=True)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
 def test_consecutive_nan_updates_write_a_checkpoint_and_stop(recipe, tmp_path, nan_in_forward):
     nan_in_forward(None)  # every step
     config = recipe("run.max_steps=5", "run.max_nonfinite_steps=2")

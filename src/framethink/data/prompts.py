@@ -13,7 +13,7 @@ from importlib import resources
 import yaml
 
 from framethink.data.records import Record
-from framethink.errors import ConfigError, DataError
+from framethink.errors import ConfigError
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -71,6 +71,5 @@ def build_messages(record: Record, template: str, *, system: str | None = None) 
 def sft_target(record: Record) -> str:
     """The CoT-SFT assistant text `process + "\\n" + solution` (docs/data.md, "Prompts")."""
     if record.cot is None:
-        file, _, where = record.origin.rpartition(":")
-        raise DataError(file or record.id, where, "process", "an SFT record needs a <think> process")
+        raise record.error("process", "an SFT record needs a <think> process")
     return record.cot + "\n" + record.solution

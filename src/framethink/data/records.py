@@ -64,6 +64,11 @@ class Record:
     extra: dict = field(default_factory=dict)  # benchmark-specific metadata (task, duration, ...)
     media_field: str = ""
 
+    def error(self, field_name: str, reason: str) -> DataError:
+        """A DataError naming this record's file, its line or [index], and `field_name`."""
+        file, _, where = self.origin.rpartition(":")
+        return DataError(file or self.id, where, field_name, reason)
+
     def option_letters(self) -> list[str]:
         """The letters of the options that start with "X." ("A. cat" -> "A"), in order."""
         return [m.group(1) for m in map(_OPTION_RE.match, self.options) if m]

@@ -77,8 +77,7 @@ def check_media(records: list[Record], threads: int = 8) -> None:
     for record in records:
         for path in record.media:
             if (path, record.media_kind) in bad:
-                file, _, where = record.origin.rpartition(":")
-                faults.append(DataError(file, where, record.media_field, f"{path}: {bad[path, record.media_kind]}"))
+                faults.append(record.error(record.media_field, f"{path}: {bad[path, record.media_kind]}"))
     if faults:
         raise MediaCheckError(faults)
 

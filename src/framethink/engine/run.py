@@ -33,7 +33,7 @@ from framethink.engine.processes import (
     wait_for_everyone,
     writes_run_files,
 )
-from framethink.engine.strategies import DataParallel, select_strategy
+from framethink.engine.strategies import DataParallel, check_engine_settings, select_strategy
 from framethink.errors import ConfigError, DataError, TrainingStopped, VideoDecodeError
 
 
@@ -75,16 +75,23 @@ class TrainingRun:
         """Whether this process writes the run's checkpoints and export (once per run, or once per node)."""
         return writes_run_files(self.config.run.shared_filesystem)
 
-    def steps(self, desc: str, quiet: bool):
-        """The remaining steps, with a progress bar and ETA on the main process. From here on SIGTERM / SIGINT
-        stop the run cleanly at the end of a step."""
+    @contextlib.contextmanager
+    def running(self, desc: str, quiet: bool) -> Iterator[Any]:
+        """The remaining steps, with a progress bar and ETA on the main process. Inside it SIGTERM / SIGINT stop
+        the run cleanly at the end of a step; leaving it, at the end or by any exception, puts the process's own
+        signal handlers back and closes the logs (a caller in the same process, e.g. the demo, gets its Ctrl-C
+        back whatever stopped the run)."""
         from tqdm.auto import tqdm
 
         self.command = desc
         self.signals.install()
         total = self.config.run.max_steps
-        return tqdm(range(self.start_step, total), initial=self.start_step, total=total, desc=desc,
-                    disable=quiet or not is_main_process())
+        try:
+            yield tqdm(range(self.start_step, total), initial=self.start_step, total=total, desc=desc,
+                       disable=quiet or not is_main_process())
+        finally:
+            self.signals.restore()
+            self.logger.close()
 
     def batch_indices(self, step: int, num_records: int) -> list[int]:
         c = self.config
@@ -105,11 +112,7 @@ class TrainingRun:
         try:
             yield
         except (DataError, VideoDecodeError) as err:
-            self.signals.restore()
             raise self._data_fault(step, [*batch, *(records or [])], err) from err
-        except BaseException:
-            self.signals.restore()
-            raise
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss, already weighted by its share of the step. The step has exactly
@@ -183,9 +186,7 @@ class TrainingRun:
     def _stop(self, step: int, saved: Path | None, reason: str) -> None:
         """Write the checkpoint after `step` steps (unless just written), say how to resume, raise."""
         checkpoint = saved or self.save(step)
-        self.signals.restore()
         self.logger.event(step, "stopped", reason=reason, checkpoint=str(checkpoint))
-        self.logger.close()
         raise TrainingStopped(f"{reason}. Checkpoint: {checkpoint}. Resume with: {self.resume_command()} "
                               "(under the same launcher, e.g. torchrun, for several processes)")
 
@@ -193,15 +194,12 @@ class TrainingRun:
         """The error for a record that failed during step `step`, after writing the checkpoint of the state
         before the step where every process can: a single process whose weights the step has not changed yet
         (several processes cannot write one together while the others wait inside the step)."""
-        if isinstance(err, DataError):
-            file, where, field_name, reason = err.file, err.where, err.field, err.reason
-        else:
+        if isinstance(err, VideoDecodeError):
             path = Path(err.path)
             record = next((r for r in candidates if any(m == path or m in path.parents for m in r.media)), None)
             if record is None:  # media no record names (a frame cache, a derived file)
                 raise err
-            file, _, where = record.origin.rpartition(":")
-            field_name, reason = record.media_field, f"{err.path}: {err.reason}"
+            err = record.error(record.media_field, f"{err.path}: {err.reason}")
         if self.world == 1 and not self._updated:
             checkpoint = latest_checkpoint(self.out)
             if checkpoint is None or checkpoint.name != f"{CHECKPOINT_PREFIX}{step:06d}":
@@ -210,19 +208,17 @@ class TrainingRun:
         else:
             checkpoint = latest_checkpoint(self.out)
             resume = f"the newest checkpoint is {checkpoint or 'none (run.save_every)'}"
-        self.logger.close()
-        return DataError(file, where, field_name, f"{reason} (during step {step + 1}); the run stopped: {resume}; "
-                                                  f"fix the record, then resume with: {self.resume_command()}")
+        return DataError(err.file, err.where, err.field, f"{err.reason} (during step {step + 1}); the run stopped: "
+                                                         f"{resume}; fix the record, then resume with: "
+                                                         f"{self.resume_command()}")
 
     def finish(self) -> Path:
-        """Close the logs and export the final model in the Hugging Face layout (LoRA merged), with
+        """After `running`: export the final model in the Hugging Face layout (LoRA merged), with
         `framethink.json` recording the template, system message and frame rule it was trained with: once per
         run, or once per node where nodes do not share the run directory."""
         from framethink.model_card import write_model_card
         from framethink.models.registry import write_training_settings
 
-        self.signals.restore()
-        self.logger.close()
         final = self.out / "final"
         with self.strategy.whole_policy(self.adapter, self.lora, self.config) as lora:
             self.adapter.model.eval()
@@ -249,7 +245,7 @@ def check_before_loading(config: TrainConfig, records: list[Record], accelerator
     and the configured backend can run the recipe on these records."""
     if config.run.check_data:
         check_media(records)
-    select_strategy(accelerator).check_records(config, records)
+    check_engine_settings(config, records, accelerator)
 
 
 def start_run(config: TrainConfig, accelerator: Accelerator, *, resume: bool, reference: bool = False,

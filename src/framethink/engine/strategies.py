@@ -50,7 +50,7 @@ from torch.distributed.tensor import DTensor
 
 from framethink.config import TrainConfig
 from framethink.engine import parameters
-from framethink.engine.processes import average_gradients, process_count
+from framethink.engine.processes import average_gradients
 from framethink.errors import ConfigError
 
 DEEPSPEED_TAG = "deepspeed"  # the sub-directory of a checkpoint holding DeepSpeed's shards
@@ -153,7 +153,7 @@ class DataParallel:
 
     def checkpoint_bytes(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
         """About how many bytes `save` writes over all processes: the trainable weights and the optimiser's
-        state tensors (shards times processes where they are sharded)."""
+        state tensors (a sharded DTensor's numel is already its whole size)."""
         tensors = [*params, *(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -226,12 +226,6 @@ class FSDP2(DataParallel):
         # not strict: the frozen weights are not in the checkpoint, and keep the values loaded from the recipe's
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                        options=StateDictOptions(ignore_frozen_params=True, strict=False))
-
-    def checkpoint_bytes(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
-        """This process's shards (weights and optimiser state) times the number of processes."""
-        tensors = [*params, *(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))]
-        local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
-        return process_count() * sum(t.numel() * t.element_size() for t in local)
 
 
 class DeepSpeed(DataParallel):

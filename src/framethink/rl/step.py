@@ -99,10 +99,7 @@ def sample_step_groups(run: RLRun, batch: list[Record], step: int) -> tuple[Samp
     parts, kept, dropped = [first], [], []
     for round_ in range(rl.max_sampling_rounds + 1):
         if round_ > 0:
-            fresh = refill_prompts(run, step, round_, len(batch) - len(kept))
-            if not fresh:  # no records to draw from
-                break
-            parts.append(sample(fresh, round_))
+            parts.append(sample(refill_prompts(run, step, round_, len(batch) - len(kept)), round_))
         part = parts[-1]
         base = sum(p.num_groups for p in parts[:-1])
         informative = (part.rewards.std(-1) > 0).tolist()  # [groups]

@@ -29,17 +29,19 @@ def train_rl(config: TrainConfig, *, resume: bool = False, quiet: bool = False) 
     engine = start_run(config, accelerator, resume=resume, reference=needs_reference(config), num_records=len(records))
     run = RLRun(engine, records)
 
-    for step in (bar := engine.steps("rl", quiet)):
-        batch = [records[i] for i in engine.batch_indices(step, len(records))]
-        with engine.guard(step, batch, records):  # a record failing to load stops the run with a checkpoint
-            result = rl_step(run, batch, step)
-        metrics = engine.end_step(step, result.metrics)
-        if config.run.sample_every and (step + 1) % config.run.sample_every == 0:
-            rollout, g = result.rollout, config.rl.num_generations
-            engine.logger.samples(step + 1, [
-                {"question": rollout.prompts[i].record.question, "answer": rollout.prompts[i].record.answer,
-                 "completion": rollout.texts[i * g], "reward": rollout.rewards[i, 0].item()}
-                for i in range(len(rollout.prompts))
-            ])
-        bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.3f}")
+    with engine.running("rl", quiet) as bar:
+        for step in bar:
+            batch = [records[i] for i in engine.batch_indices(step, len(records))]
+            with engine.guard(step, batch, records):  # a record failing to load stops the run with a checkpoint
+                result = rl_step(run, batch, step)
+            metrics = engine.end_step(step, result.metrics)
+            if config.run.sample_every and (step + 1) % config.run.sample_every == 0:
+                rollout, g = result.rollout, config.rl.num_generations
+                engine.logger.samples(step + 1, [
+                    {"question": rollout.prompts[i].record.question, "answer": rollout.prompts[i].record.answer,
+                     "completion": rollout.texts[i * g], "reward": rollout.rewards[i, 0].item()}
+                    for i in range(len(rollout.prompts))
+                ])
+            bar.set_postfix(reward=f"{metrics['reward/total']:.3f}",
+                            acc=f"{metrics.get('accuracy', float('nan')):.3f}")
     return engine.finish()

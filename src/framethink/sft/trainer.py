@@ -31,7 +31,7 @@ from framethink.engine import (
     start_run,
     sum_over_processes,
 )
-from framethink.errors import ConfigError, DataError
+from framethink.errors import ConfigError
 
 ANSWER = re.compile(r"(<answer>\s*)(.*?)(\s*</answer>)", re.DOTALL)
 
@@ -50,11 +50,6 @@ def mentioned_letters(record: Record) -> list[str]:
     return letters or record.option_letters()
 
 
-def _record_error(record: Record, field: str, reason: str) -> DataError:
-    file, _, where = record.origin.rpartition(":")
-    return DataError(file or record.id, where, field, reason)
-
-
 def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Target:
     """Tokenise the assistant text `process + "\n" + solution` in one piece, as the model would write it, and
     weight its tokens by `mode`.
@@ -67,11 +62,11 @@ def build_target(adapter, record: Record, mode: str, rng: random.Random) -> Targ
     text = sft_target(record)
     match = ANSWER.search(text)
     if match is None:
-        raise _record_error(record, "solution", "the SFT target has no <answer> tag")
+        raise record.error("solution", "the SFT target has no <answer> tag")
     start, end = match.span(2)
     if mode == "random":
         if not record.options:
-            raise _record_error(record, "options", "sft.answer=random needs multiple-choice records (options)")
+            raise record.error("options", "sft.answer=random needs multiple-choice records (options)")
         answer = rng.choice(mentioned_letters(record))
         text, end = text[:start] + answer + text[end:], start + len(answer)
     if not adapter.tokenizer.is_fast:
@@ -121,26 +116,28 @@ def train_sft(config: TrainConfig, *, resume: bool = False, quiet: bool = False)
     accelerator = make_accelerator(config)
     seed_everything(config.run.seed + process_rank())
     records = load_records(config.sft.train_file, root=config.data.root)
-    check_before_loading(config, records, accelerator)  # media and backend, before any model loads
-    missing = [r for r in records if r.cot is None]
+    missing = [r for r in records if r.cot is None]  # in memory: before the media check opens every file
     if missing:
-        raise _record_error(missing[0], "process", f"an SFT record needs a <think> process ({len(missing)} records "
+        raise missing[0].error("process", f"an SFT record needs a <think> process ({len(missing)} records "
                                                    "lack one; this is the first)")
+    check_before_loading(config, records, accelerator)  # media and backend, before any model loads
     run = start_run(config, accelerator, resume=resume, num_records=len(records))
     adapter = run.adapter
 
     adapter.model.train()
-    for step in (bar := run.steps("sft", quiet)):
-        t0 = time.perf_counter()
-        batch = [records[i] for i in run.batch_indices(step, len(records))]
-        rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
-        with run.guard(step, batch):  # a record failing to load stops the run with a checkpoint
-            prompts = [adapter.encode(r, template=config.data.template) for r in batch]
-            targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
-        total = sft_update(run, prompts, targets)
-        grad_norm = run.optimizer_step()
-        run.advance_schedule()
-        metrics = run.end_step(step, {"loss/sft": total, "loss/grad_norm": grad_norm,
-                                      "loss/lr": run.scheduler.get_last_lr()[0], "time/update": time.perf_counter() - t0})
-        bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")
+    with run.running("sft", quiet) as bar:
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = [records[i] for i in run.batch_indices(step, len(records))]
+            rng = random.Random(config.run.seed * 1_000_003 + step * run.world + run.rank)  # the random answer letters
+            with run.guard(step, batch):  # a record failing to load stops the run with a checkpoint
+                prompts = [adapter.encode(r, template=config.data.template) for r in batch]
+                targets = [build_target(adapter, r, config.sft.answer, rng) for r in batch]
+            total = sft_update(run, prompts, targets)
+            grad_norm = run.optimizer_step()
+            run.advance_schedule()
+            metrics = run.end_step(step, {"loss/sft": total, "loss/grad_norm": grad_norm,
+                                          "loss/lr": run.scheduler.get_last_lr()[0],
+                                          "time/update": time.perf_counter() - t0})
+            bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")
     return run.finish()
