@@ -19,7 +19,7 @@ import torch
 from transformers import TextStreamer
 
 from framethink.config import EvalConfig
-from framethink.data.clips import check_frame_order
+from framethink.data.clips import check_frame_order, shown_order
 from framethink.data.records import Record
 from framethink.data.video import load_image
 from framethink.errors import ConfigError
@@ -182,11 +182,7 @@ def shown_frames(adapter: PolicyAdapter, record: Record, meta: dict,
     if meta.get("num_frames") != len(sampled.frames):
         raise RuntimeError(f"{record.origin}: the model saw {meta.get('num_frames')} frames, the clip has "
                            f"{len(sampled.frames)}")
-    order = np.arange(len(sampled.frames))
-    if frame_order == "shuffled":
-        order = np.asarray(meta["permutation"])
-    elif frame_order == "reversed":
-        order = order[::-1]
+    order = shown_order(meta, frame_order)
     return sampled.frames[order], [round(float(t), 3) for t in sampled.timestamps[order]], float(sampled.fps)
 
 

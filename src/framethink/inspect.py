@@ -15,10 +15,11 @@ from dataclasses import dataclass, fields, replace
 from itertools import groupby
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from framethink.data.clips import check_frame_order
+from framethink.data.clips import check_frame_order, shown_order
 from framethink.data.records import Record
 from framethink.errors import ConfigError
 from framethink.infer import question_record
@@ -117,10 +118,7 @@ def _shown_indices(prompt: EncodedPrompt, kind: str) -> list[int]:
     """Decoded-video frame index of each frame of the pixels, in the order the model sees them."""
     if kind == "image":
         return [0]
-    indices = list(prompt.meta["indices"])
-    if prompt.frame_order == "shuffled":
-        return [indices[k] for k in prompt.meta["permutation"]]
-    return indices[::-1] if prompt.frame_order == "reversed" else indices
+    return np.asarray(prompt.meta["indices"])[shown_order(prompt.meta, prompt.frame_order)].tolist()
 
 
 def _vision_counts(prompt: EncodedPrompt, adapter, placeholder_extra: int) -> tuple[int, int]:

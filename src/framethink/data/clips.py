@@ -22,6 +22,14 @@ def check_frame_order(frame_order: str) -> None:
         raise ConfigError(f"frame order {frame_order!r} is not one of {', '.join(FRAME_ORDERS)}")
 
 
+def shown_order(meta: dict, frame_order: str) -> np.ndarray:
+    """Position in the sampled clip of each frame the model was shown, from a `read` clip's meta."""
+    if frame_order == "shuffled":
+        return np.asarray(meta["permutation"])
+    order = np.arange(meta["num_frames"])
+    return order[::-1] if frame_order == "reversed" else order
+
+
 @dataclass(frozen=True)
 class FrameRule:
     """How clips are sampled (docs/inputs.md, "Frame sampling"): the Qwen-VL fps rule or exactly `num_frames`
