@@ -137,7 +137,7 @@ class ReferenceDesign:
             bonus = temporal_bonus(acc, acc_shuffled, torch.ones(b, dtype=torch.bool), alpha=rl.temporal_alpha,
                                    mu=rl.temporal_mu, strict=rl.temporal_strict)
             advantages = compute_advantages(rewards + bonus.bonus, rl.advantage, eps=rl.advantage_eps,
-                                            noise_std=rl.advantage_noise, generator=run.state.generator)
+                                            noise_std=rl.advantage_noise, generator=run.engine.generator)
             advantages = advantages.reshape(-1)  # [B*G]
             t1 = time.perf_counter()
             rows = collate(ordered, pad, repeats=g)  # pixels repeated per completion
@@ -148,8 +148,8 @@ class ReferenceDesign:
             logp = self.logprobs(model, rows, done)
             loss, _ = policy_loss(rl.loss, LossBatch(logp, None, ref_logp, advantages, done.mask), loss_settings(rl))
             loss.backward()
-            run.state.optimizer_step()  # the trainer's: clip, AdamW, zero the gradients
-            run.state.scheduler.step()
+            run.engine.optimizer_step()  # the trainer's: clip, AdamW, zero the gradients
+            run.engine.advance_schedule()
             t3, c3 = time.perf_counter(), time.process_time()
         return StepTimes(generate=generate, rollout=t1 - t0, reference=t2 - t1, update=t3 - t2, vision_calls=calls[0],
                          vision_clips=calls[1], rows=b * (g + gs),

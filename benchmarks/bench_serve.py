@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import CLOCK_NOTE, limit_threads, print_result, stats
-from framethink.cli import main as cli
 from framethink.data.video import write_video
 from framethink.infer import ask, decoding_settings, question_record
 from framethink.models import load_adapter
+from framethink.models.registry import build_tiny
 from framethink.serve.app import build_app, serving_in_background
 from framethink.serve.session import ServeLimits
 
@@ -56,9 +56,7 @@ def _post(url: str, payload: dict) -> tuple[float, float, str, float]:
 
 def run(work: Path, *, requests: int = 5, new_tokens: int = 128, frames: int = 16, size: int = 56) -> dict:
     """Median wall seconds of each way over `requests` questions (after one untimed warm-up each)."""
-    model = work / "model"
-    if not (model / "config.json").is_file():
-        assert cli(["model", "tiny", "--arch", "qwen2.5-vl", "--out", str(model)]) == 0
+    model = build_tiny("qwen2.5-vl", work / "model", seed=0)
     video = np.random.default_rng(0).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     clip = write_video(work / "clip.mp4", video, 8)
     adapter = load_adapter(model)

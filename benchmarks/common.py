@@ -205,16 +205,12 @@ class FramethinkRun(RLRun):
         return cls(state, records)
 
     @property
-    def state(self) -> TrainingRun:
-        return self.engine
-
-    @property
     def ref_model(self) -> torch.nn.Module | None:
         return self.engine.reference
 
     def batch(self, step: int) -> list[Record]:
         """The step's records in the trainer's data order."""
-        return [self.records[i] for i in self.state.batch_indices(step, len(self.records))]
+        return [self.records[i] for i in self.engine.batch_indices(step, len(self.records))]
 
     def step(self, step: int) -> StepTimes:
         """One step as `train_rl` runs it: `rl_step`, with the vision calls and the generation counted."""
